@@ -1,0 +1,228 @@
+"""Fine-tune the multispectral AllSpark path on labelled pixels and measure it on held-out ones.
+
+Training samples are chips centred on labelled pixels. The loss is per-pixel cross-entropy over
+every *training* label that falls inside the chip (held-out labels never reach the loss), so one
+forward pass learns from a whole neighbourhood. The held-out split is stratified by class and
+seeded. Only the stem, the bridge and the head train; the language model stays frozen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
+from sklearn.model_selection import train_test_split
+from transformers import get_cosine_schedule_with_warmup
+
+from allspark.config import TrainConfig
+from allspark.model.msi import AllSparkMSI
+
+IGNORE = -1
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class Normalizer(BaseModel):
+    """Per-band mean and standard deviation of the training pixels, stored with the checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    bands: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, bands: list[str], pixels: np.ndarray) -> "Normalizer":
+        """``pixels``: (band, n) raw values, NaN for nodata."""
+        mean = np.nanmean(pixels, axis=1)
+        std = np.nanstd(pixels, axis=1)
+        return cls(bands=list(bands), mean=mean.tolist(), std=np.where(std > 0, std, 1.0).tolist())
+
+    def apply(self, chips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise (n, band, y, x) chips; nodata becomes 0. Returns (inputs, pixel has data)."""
+        if chips.shape[1] != len(self.bands):
+            raise ValueError(f"chips have {chips.shape[1]} bands, the normaliser expects {self.bands}")
+        mean = np.asarray(self.mean, dtype="float32")[None, :, None, None]
+        std = np.asarray(self.std, dtype="float32")[None, :, None, None]
+        scaled = (chips.astype("float32") - mean) / std
+        has_data = np.isfinite(scaled).any(axis=1)
+        return torch.from_numpy(np.nan_to_num(scaled, nan=0.0)), torch.from_numpy(has_data)
+
+
+def centred_windows(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """(n, band, size, size) windows of a (band, H, W) array centred on pixels; NaN outside."""
+    half = size // 2
+    padded = np.pad(image, ((0, 0), (half, size), (half, size)), constant_values=np.nan)
+    return np.stack([padded[:, r : r + size, c : c + size] for r, c in zip(rows, cols)])
+
+
+@dataclass
+class LabelledPixels:
+    """Labelled pixel positions (row, col) on the image grid and their 0-based class index."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    classes: np.ndarray
+
+    @classmethod
+    def from_raster(cls, labels: np.ndarray, image: np.ndarray, num_classes: int) -> tuple["LabelledPixels", int]:
+        """Pixels labelled 1..num_classes that have data in at least one band.
+
+        Returns them and the count of labelled pixels dropped because the image has no data there.
+        """
+        rows, cols = np.nonzero((labels >= 1) & (labels <= num_classes))
+        has_data = np.isfinite(image[:, rows, cols]).any(axis=0)
+        kept = cls(rows[has_data], cols[has_data], labels[rows, cols][has_data].astype(np.int64) - 1)
+        return kept, int((~has_data).sum())
+
+    def subset(self, index: np.ndarray) -> "LabelledPixels":
+        return LabelledPixels(self.rows[index], self.cols[index], self.classes[index])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def split_holdout(pixels: LabelledPixels, fraction: float, seed: int) -> tuple[LabelledPixels, LabelledPixels]:
+    """Stratified (by class), seeded split into training and held-out pixels."""
+    index = np.arange(len(pixels))
+    train, holdout = train_test_split(index, test_size=fraction, stratify=pixels.classes, random_state=seed)
+    return pixels.subset(np.sort(train)), pixels.subset(np.sort(holdout))
+
+
+def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int) -> np.ndarray:
+    """(n, size, size) targets around each training pixel: training labels, IGNORE elsewhere."""
+    target = np.full(shape, IGNORE, dtype=np.int64)
+    target[train.rows, train.cols] = train.classes
+    windows = centred_windows(target[None].astype("float64"), train.rows, train.cols, size)[:, 0]
+    return np.nan_to_num(windows, nan=IGNORE).astype(np.int64)
+
+
+def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
+    """Overall accuracy, kappa, per-class F1 and the confusion matrix (rows: truth)."""
+    labels = list(range(len(class_names)))
+    f1 = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    return {
+        "overall_accuracy": float((truth == predicted).mean()),
+        "kappa": float(cohen_kappa_score(truth, predicted, labels=labels)),
+        "f1": {name: float(v) for name, v in zip(class_names, f1)},
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
+        "class_names": list(class_names),
+        "n": int(len(truth)),
+    }
+
+
+def predict_centres(
+    model: AllSparkMSI,
+    normalizer: Normalizer,
+    image: np.ndarray,
+    wavelengths: torch.Tensor,
+    pixels: LabelledPixels,
+    size: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Class index predicted at each pixel from the chip centred on it."""
+    model.eval()
+    predicted = []
+    half = size // 2
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            part = pixels.subset(np.arange(start, min(start + batch_size, len(pixels))))
+            inputs, _ = normalizer.apply(centred_windows(image, part.rows, part.cols, size))
+            logits = model(inputs.to(model.device), wavelengths)
+            predicted.append(logits[:, :, half, half].argmax(dim=1).cpu().numpy())
+    return np.concatenate(predicted)
+
+
+def fine_tune(
+    model: AllSparkMSI,
+    image: np.ndarray,
+    labels: np.ndarray,
+    bands: list[str],
+    wavelengths: list[float],
+    class_names: list[str],
+    chip_size: int,
+    config: TrainConfig,
+    seed: int,
+    log=print,
+) -> tuple[Normalizer, dict, LabelledPixels]:
+    """Train ``model`` in place on chips around labelled pixels.
+
+    Returns the normaliser fitted on the training pixels, the metrics, and the held-out pixels
+    (so the published map can be scored on the same ones).
+
+    ``image`` is (band, H, W) with NaN for nodata and ``labels`` (H, W) holds class values
+    1..K (0 unlabelled) on the same grid.
+    """
+    generator = seed_everything(seed)
+    pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, len(class_names))
+    if len(pixels) == 0:
+        raise ValueError("no labelled pixel with image data: the labels do not overlap the imagery")
+    train, holdout = split_holdout(pixels, config.holdout_fraction, seed)
+    if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
+        keep, _ = train_test_split(
+            np.arange(len(train)), train_size=config.max_train_pixels, stratify=train.classes, random_state=seed
+        )
+        train = train.subset(np.sort(keep))
+    normalizer = Normalizer.fit(bands, image[:, train.rows, train.cols])
+    inputs, _ = normalizer.apply(centred_windows(image, train.rows, train.cols, chip_size))
+    targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
+    wl = torch.tensor(wavelengths, dtype=torch.float32)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch
+    )
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    history = []
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=generator)
+        total = 0.0
+        for start in range(0, len(train), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            with model.autocast():
+                logits = model(inputs[batch].to(model.device), wl)
+                loss = loss_fn(logits.float(), targets[batch].to(model.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+        history.append(total / len(train))
+        log(f"epoch {epoch + 1}/{config.epochs}: training loss {history[-1]:.4f}")
+    train_seconds = time.perf_counter() - started
+
+    predicted = predict_centres(model, normalizer, image, wl, holdout, chip_size, config.batch_size)
+    metrics = {
+        "holdout": classification_metrics(holdout.classes, predicted, class_names),
+        "split": {
+            "rule": "stratified random split of labelled pixels by class (seeded); held-out labels never "
+            "enter the loss, but neighbouring pixels of one polygon can fall on both sides, so this "
+            "figure is optimistic against a spatial hold-out",
+            "seed": seed,
+            "train_pixels": len(train),
+            "holdout_pixels": len(holdout),
+            "labelled_pixels_without_image_data": dropped_nodata,
+        },
+        "training": {
+            "epochs": config.epochs,
+            "loss_per_epoch": history,
+            "seconds": round(train_seconds, 1),
+            "llm_layers": model.config.llm_layers,
+        },
+    }
+    return normalizer, metrics, holdout

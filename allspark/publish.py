@@ -1,0 +1,228 @@
+"""Write the published outputs of a region run: COGs, GeoParquet, quicklook and STAC.
+
+Every file is written under a temporary name in its destination folder and moved into place with
+``os.replace``, so a reader (or a crash) never sees a half-written output; the STAC catalog is
+written last, so it only ever links complete files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import geopandas as gpd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pystac  # noqa: E402
+import rasterio  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from pystac.extensions import mlm  # noqa: E402
+from rasterio.warp import transform_bounds  # noqa: E402
+from rio_cogeo.cogeo import cog_translate  # noqa: E402
+from rio_cogeo.profiles import cog_profiles  # noqa: E402
+from shapely.geometry import box, mapping  # noqa: E402
+
+from allspark.stitch import stitch_strip, strips  # noqa: E402
+
+CLASS_NODATA = 0
+# Colours for the Landsat 7 NC classes, in class order; other class sets cycle through tab10.
+DEFAULT_COLOURS = ["#d7191c", "#f5d300", "#a6d96a", "#8c7a3f", "#1a7837", "#2b83ba", "#c2a47a"]
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; move it into place only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def class_colours(n: int) -> list[str]:
+    if n <= len(DEFAULT_COLOURS):
+        return DEFAULT_COLOURS[:n]
+    cmap = plt.get_cmap("tab20")
+    return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(n)]
+
+
+def _to_cog(src: Path, final: Path, resampling: str) -> None:
+    with atomic_path(final) as tmp:
+        cog_translate(
+            str(src), str(tmp), cog_profiles.get("deflate"), overview_resampling=resampling,
+            in_memory=False, quiet=True,
+        )
+
+
+def write_prediction_rasters(
+    read_chips: Callable[[np.ndarray], np.ndarray],
+    row_offsets: np.ndarray,
+    col_offsets: np.ndarray,
+    chip_size: int,
+    height: int,
+    width: int,
+    crs: str,
+    transform: Sequence[float],
+    class_names: Sequence[str],
+    classmap_path: Path,
+    probabilities_path: Path,
+    strip_rows: int = 256,
+) -> dict[str, int]:
+    """Stitch chip probabilities strip by strip into a class-map COG and a probability COG.
+
+    Class values are 1..K (0 is nodata, where no input band had data); the class map carries a
+    colour table and class names. Returns the pixel count per class name.
+    """
+    colours = class_colours(len(class_names))
+    base = dict(
+        driver="GTiff", width=width, height=height, crs=crs, transform=rasterio.Affine(*transform),
+        tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+    )
+    counts = np.zeros(len(class_names) + 1, dtype=np.int64)
+    with tempfile.TemporaryDirectory(dir=classmap_path.parent, prefix=".stitch-") as work:
+        class_tif, prob_tif = Path(work) / "classmap.tif", Path(work) / "probabilities.tif"
+        with (
+            rasterio.open(class_tif, "w", count=1, dtype="uint8", nodata=CLASS_NODATA, **base) as classes,
+            rasterio.open(prob_tif, "w", count=len(class_names), dtype="float32", nodata=np.nan, **base) as probs,
+        ):
+            for start, stop in strips(height, strip_rows):
+                prob = stitch_strip(read_chips, row_offsets, col_offsets, chip_size, width, (start, stop))
+                has_data = np.isfinite(prob).all(axis=0)
+                label = np.where(has_data, np.nanargmax(np.nan_to_num(prob, nan=-1.0), axis=0) + 1, CLASS_NODATA)
+                label = label.astype("uint8")
+                window = rasterio.windows.Window(0, start, width, stop - start)
+                classes.write(label, 1, window=window)
+                probs.write(prob, window=window)
+                counts += np.bincount(label.ravel(), minlength=len(counts))
+            classes.write_colormap(
+                1, {i + 1: tuple(int(c * 255) for c in matplotlib.colors.to_rgb(h)) + (255,) for i, h in enumerate(colours)}
+            )
+            classes.update_tags(1, **{f"class_{i + 1}": name for i, name in enumerate(class_names)})
+            for i, name in enumerate(class_names, start=1):
+                probs.set_band_description(i, f"probability of {name}")
+        _to_cog(class_tif, classmap_path, resampling="mode")
+        _to_cog(prob_tif, probabilities_path, resampling="average")
+    return {name: int(counts[i + 1]) for i, name in enumerate(class_names)}
+
+
+def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
+    """GeoParquet 1.1 (``geo`` metadata, bbox covering column), written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False, write_covering_bbox=True, schema_version="1.1.0")
+
+
+def write_quicklook(
+    classmap_path: Path, rgb: np.ndarray | None, class_names: Sequence[str], title: str, path: Path
+) -> None:
+    """A PNG of the class map (beside an RGB view of the input when given) with a legend."""
+    with rasterio.open(classmap_path) as src:
+        scale = max(1, int(np.ceil(max(src.width, src.height) / 1024)))
+        classes = src.read(1, out_shape=(src.height // scale, src.width // scale), resampling=rasterio.enums.Resampling.mode)
+    colours = class_colours(len(class_names))
+    cmap = ListedColormap(["#ffffff"] + colours)
+    panels = 2 if rgb is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 6.5), squeeze=False)
+    if rgb is not None:
+        axes[0, 0].imshow(rgb)
+        axes[0, 0].set_title("input (RGB, 2-98 % stretch)")
+    ax = axes[0, -1]
+    ax.imshow(classes, cmap=cmap, vmin=0, vmax=len(class_names), interpolation="nearest")
+    ax.set_title("predicted land cover")
+    for a in axes.ravel():
+        a.set_axis_off()
+    handles = [Patch(color=c, label=f"{i + 1} {n}") for i, (n, c) in enumerate(zip(class_names, colours))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_json(payload: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def write_text(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_stac_catalog(
+    region_dir: Path,
+    item_id: str,
+    crs: str,
+    bounds: Sequence[float],
+    input_items: Sequence[pystac.Item],
+    assets: dict[str, pystac.Asset],
+    properties: dict,
+    model_fields: dict,
+) -> Path:
+    """Write ``region_dir/catalog.json`` with one item linking the outputs and what made them.
+
+    The item carries the run config and inputs in ``properties`` and the model in STAC MLM
+    extension fields; ``derived_from`` links point at the source items. Written to a staging
+    folder, then moved into place item first and catalog last.
+    """
+    footprint = box(*transform_bounds(crs, "EPSG:4326", *bounds))
+    times = sorted(i.datetime or i.common_metadata.start_datetime for i in input_items)
+    item = pystac.Item(
+        id=item_id,
+        geometry=mapping(footprint),
+        bbox=list(footprint.bounds),
+        datetime=None,
+        properties={
+            "start_datetime": times[0].isoformat(),
+            "end_datetime": (max(i.common_metadata.end_datetime or i.datetime for i in input_items)).isoformat(),
+            "created": datetime.now(timezone.utc).isoformat(),
+            "proj:code": crs,
+            **properties,
+            **model_fields,
+        },
+    )
+    item.stac_extensions.append(mlm.SCHEMA_URI_PATTERN.format(version=mlm.DEFAULT_VERSION))
+    item.stac_extensions.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
+    for key, asset in assets.items():
+        item.add_asset(key, asset)
+    for source in input_items:
+        href = source.get_self_href()
+        if href:
+            item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON, title=source.id))
+    catalog = pystac.Catalog(id=f"allspark-{region_dir.name}", description=f"AllSpark outputs for region {region_dir.name}")
+    catalog.add_item(item)
+    with tempfile.TemporaryDirectory(dir=region_dir, prefix=".stac-") as staging:
+        catalog.normalize_hrefs(staging)
+        for asset in item.assets.values():
+            asset.href = os.path.relpath(region_dir / asset.href, region_dir / item_id)
+        catalog.save(pystac.CatalogType.SELF_CONTAINED)
+        item_dir = region_dir / item_id
+        item_dir.mkdir(exist_ok=True)
+        os.replace(Path(staging) / item_id / f"{item_id}.json", item_dir / f"{item_id}.json")
+        os.replace(Path(staging) / "catalog.json", region_dir / "catalog.json")
+    return region_dir / "catalog.json"
+
+
+def remove_stale_temporaries(region_dir: Path) -> None:
+    """Delete temporary files and folders left by an interrupted run (names start with '.')."""
+    if not region_dir.exists():
+        return
+    for leftover in region_dir.glob(".*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)

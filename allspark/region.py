@@ -1,0 +1,376 @@
+"""The steps of a region run, as plain functions: plan, tile, fine-tune, predict, publish.
+
+The Prefect flow in ``flows/region.py`` calls these one task each; they know nothing of
+Prefect, so they can be used from a notebook or another orchestrator as they are. Everything
+that can be checked before work starts (config, catalog, AOI, dates, bands, readable assets,
+data in the area) is checked by :func:`plan_region`, so bad input fails before anything is
+written. Intermediate stores live in a work folder keyed by the config's fingerprint, outside
+the published output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pystac
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import torch
+import xarray as xr
+import zarr
+from pydantic import BaseModel, ConfigDict
+from rasterio.enums import Resampling
+from shapely.geometry import box
+
+from allspark import publish
+from allspark.chips import ChipGrid, open_chips, write_chips
+from allspark.config import RegionConfig
+from allspark.finetune import classification_metrics, fine_tune
+from allspark.inference import checkpoint_digest, load_predictor, save_predictor
+from allspark.loading import check_readable, ensure_has_data, load_stack
+from allspark.model.msi import AllSparkMSI
+from allspark.paths import cache_dir
+from allspark.stac import BandSpec, CatalogConfig, load_aoi, load_catalog_config, resolve_bands, search_items
+
+
+class RegionPlan(BaseModel):
+    """What a run will read: the catalog, the items found and the bands resolved on them."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: CatalogConfig
+    items: list[dict]
+    bands: list[BandSpec]
+    aoi_bbox: tuple[float, float, float, float] | None
+
+    def pystac_items(self) -> list[pystac.Item]:
+        return [pystac.Item.from_dict(d) for d in self.items]
+
+
+def work_dir(config: RegionConfig) -> Path:
+    """Intermediate stores of this config (chips, checkpoints, predictions), resumable."""
+    return cache_dir() / "work" / f"{config.name}-{config.fingerprint()}"
+
+
+def plan_region(config: RegionConfig) -> RegionPlan:
+    """Search the catalog and check every input; raise a clear error before any work is done."""
+    catalog = load_catalog_config(config.catalog)
+    aoi = load_aoi(config.aoi) if config.aoi else None
+    items = search_items(catalog, aoi, config.datetime)
+    # every item must carry the bands; the first item's specs describe them all
+    bands = [resolve_bands(item, config.bands, catalog) for item in items][0]
+    check_readable(items, bands)
+    plan = RegionPlan(
+        catalog=catalog,
+        items=[item.to_dict(transform_hrefs=False) for item in items],
+        bands=bands,
+        aoi_bbox=tuple(aoi.bounds) if aoi is not None else None,
+    )
+    ensure_has_data(open_raster(config, plan))
+    return plan
+
+
+def open_raster(config: RegionConfig, plan: RegionPlan) -> xr.DataArray:
+    """The lazy (band, y, x) raster of the plan, clipped to the AOI."""
+    return load_stack(
+        plan.pystac_items(),
+        plan.bands,
+        loader=config.loader,
+        bbox_4326=plan.aoi_bbox,
+        resolution=config.resolution,
+        composite=config.composite,
+        chunks=max(512, config.chips.size * 8),
+    )
+
+
+def tile_region(config: RegionConfig, plan: RegionPlan) -> dict:
+    """Chip the raster into ``<work>/chips.zarr``; return the store path and chip counts."""
+    raster = open_raster(config, plan)
+    grid = ChipGrid.over(raster, config.chips.size, config.chips.overlap)
+    store = work_dir(config) / "chips.zarr"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    counts = write_chips(raster, grid, store, config.chips.batch)
+    return {"store": str(store), **counts}
+
+
+def find_label_item(catalog: CatalogConfig, image_items: list[pystac.Item], label_id: str | None) -> pystac.Item:
+    """The STAC label item for the imagery: the one named, or the one whose source is an image item."""
+    image_ids = {item.id for item in image_items}
+    for item in search_items(catalog, labels=True):
+        sources = {link.resolve_stac_object().target.id for link in item.get_links("source")}
+        if (label_id is not None and item.id == label_id) or (label_id is None and sources & image_ids):
+            return item
+    wanted = f"label item {label_id!r}" if label_id else f"a label item whose source is one of {sorted(image_ids)}"
+    raise ValueError(f"catalog {catalog.url_or_path} has no {wanted} (STAC label extension)")
+
+
+def train_region(config: RegionConfig, plan: RegionPlan, log=print) -> dict:
+    """Fine-tune on the catalog's labelled pixels; save the predictor; return its path and metrics."""
+    assert config.train is not None
+    label_item = find_label_item(plan.catalog, plan.pystac_items(), config.train.label_item)
+    raster = open_raster(config, plan)
+    asset = next(iter(label_item.get_assets(role="labels").values()), None) or next(iter(label_item.assets.values()))
+    labels = rioxarray.open_rasterio(asset.get_absolute_href(), masked=False).squeeze("band", drop=True)
+    labels = labels.rio.reproject_match(raster, resampling=Resampling.nearest).fillna(0)
+    model = AllSparkMSI(config.model)
+    normalizer, metrics, holdout = fine_tune(
+        model,
+        image=raster.values,
+        labels=labels.values.astype(np.int64),
+        bands=config.bands,
+        wavelengths=[b.center_wavelength for b in plan.bands],
+        class_names=config.class_names,
+        chip_size=config.chips.size,
+        config=config.train,
+        seed=config.seed,
+        log=log,
+    )
+    directory = work_dir(config) / "checkpoint"
+    partial = directory.with_name("checkpoint.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_predictor(model, normalizer, partial)
+    metrics["label_item"] = label_item.id
+    (partial / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+    (partial / "holdout_pixels.json").write_text(
+        json.dumps({"rows": holdout.rows.tolist(), "cols": holdout.cols.tolist(), "classes": holdout.classes.tolist()})
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+    partial.rename(directory)
+    return {"checkpoint": str(directory), "metrics": metrics}
+
+
+def prediction_store(config: RegionConfig, chips_store: str, checkpoint: str) -> str:
+    """Create (or reopen, to resume) the Zarr group that inference tasks fill chunk by chunk.
+
+    It holds per-pixel ``probabilities`` (chip, class, y, x), a per-chip ``class_index`` and
+    ``score``, and a ``done`` flag per chunk of chips, set last by the task that filled it: a
+    rerun after a crash skips the chunks marked done and redoes the rest.
+    """
+    chips = open_chips(Path(chips_store))
+    store = work_dir(config) / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
+    if store.exists():
+        return str(store)
+    n, batch, size, classes = chips.sizes["chip"], config.chips.batch, chips.attrs["chip_size"], config.model.num_classes
+    partial = store.with_name(store.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(partial, mode="w", zarr_format=3)
+    group.attrs["chunk_chips"] = batch
+    group.create_array("probabilities", shape=(n, classes, size, size), chunks=(batch, classes, size, size),
+                       dtype="float32", fill_value=np.nan, dimension_names=("chip", "class", "chip_y", "chip_x"))
+    group.create_array("class_index", shape=(n,), chunks=(batch,), dtype="int16", fill_value=-1,
+                       dimension_names=("chip",))
+    group.create_array("score", shape=(n,), chunks=(batch,), dtype="float32", fill_value=np.nan,
+                       dimension_names=("chip",))
+    group.create_array("done", shape=(-(-n // batch),), chunks=(1,), dtype="bool", fill_value=False,
+                       dimension_names=("chunk",))
+    partial.rename(store)
+    return str(store)
+
+
+def pending_ranges(chips_store: str, predictions_store: str) -> tuple[list[tuple[int, int]], int]:
+    """Chip ranges (one per chunk holding a valid chip) still to predict, and how many are done."""
+    valid = open_chips(Path(chips_store))["valid"].values
+    group = zarr.open_group(predictions_store, mode="r")
+    batch, done = group.attrs["chunk_chips"], group["done"][:]
+    ranges = [(s, min(s + batch, len(valid))) for s in range(0, len(valid), batch) if valid[s : s + batch].any()]
+    pending = [r for r in ranges if not done[r[0] // batch]]
+    return pending, len(ranges) - len(pending)
+
+
+def predict_chip_range(chips_store: str, predictions_store: str, checkpoint: str, start: int, stop: int,
+                       batch_size: int) -> int:
+    """Predict chips [start, stop) (one chunk) into the prediction store; return the chips predicted.
+
+    Besides per-pixel probabilities, each chip gets a class (argmax of its mean probability over
+    pixels with data) and that probability as its score. The chunk's ``done`` flag is set last.
+    """
+    predictor = load_predictor(checkpoint)
+    chips = open_chips(Path(chips_store)).isel(chip=slice(start, stop))
+    valid = chips["valid"].values
+    probs = np.full((stop - start, predictor.model.config.num_classes, *chips["pixels"].shape[2:]), np.nan, "float32")
+    if valid.any():
+        probs[valid] = predictor.predict_proba(
+            chips["pixels"].values[valid], chips["wavelength"].values.tolist(), batch_size
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN chips: mean is NaN, as wanted
+        mean = np.nanmean(probs, axis=(2, 3))
+    group = zarr.open_group(predictions_store, mode="r+")
+    group["probabilities"][start:stop] = probs
+    group["class_index"][start:stop] = np.where(valid, np.nan_to_num(mean, nan=-1).argmax(axis=1), -1)
+    group["score"][start:stop] = np.where(valid, np.nanmax(np.nan_to_num(mean, nan=-1), axis=1), np.nan)
+    group["done"][start // group.attrs["chunk_chips"]] = True
+    return int(valid.sum())
+
+
+def _rgb_preview(raster: xr.DataArray, max_pixels: int = 1024) -> np.ndarray | None:
+    """A 2-98 % stretched RGB array for the quicklook, read decimated (never the full raster)."""
+    wanted = {}
+    for name, wl in zip(raster["band"].values, raster["wavelength"].values):
+        for colour, centre in (("red", 0.66), ("green", 0.56), ("blue", 0.49)):
+            if abs(wl - centre) < 0.04:
+                wanted[colour] = name
+    if len(wanted) < 3:
+        return None
+    step = max(1, int(np.ceil(max(raster.sizes["y"], raster.sizes["x"]) / max_pixels)))
+    rgb = raster.sel(band=[wanted["red"], wanted["green"], wanted["blue"]]).isel(
+        y=slice(None, None, step), x=slice(None, None, step)
+    ).values.astype("float64")
+    lo, hi = np.nanpercentile(rgb, [2, 98], axis=(1, 2), keepdims=True)
+    return np.nan_to_num(np.clip((rgb - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)).transpose(1, 2, 0)
+
+
+def _map_accuracy(classmap: Path, checkpoint: Path, class_names: list[str]) -> dict | None:
+    """Score the published class map on the held-out pixels of training, if there are any."""
+    holdout_file = checkpoint / "holdout_pixels.json"
+    if not holdout_file.exists():
+        return None
+    holdout = json.loads(holdout_file.read_text())
+    with rasterio.open(classmap) as src:
+        mapped = src.read(1)[np.asarray(holdout["rows"]), np.asarray(holdout["cols"])].astype(np.int64) - 1
+    return classification_metrics(np.asarray(holdout["classes"]), mapped, class_names)
+
+
+def publish_region(
+    config: RegionConfig,
+    plan: RegionPlan,
+    chips_store: str,
+    predictions_store: str,
+    checkpoint: str,
+    run_stats: dict,
+) -> dict:
+    """Stitch and write the region's outputs and their STAC catalog; return the output paths."""
+    started = time.perf_counter()
+    out = config.region_dir
+    out.mkdir(parents=True, exist_ok=True)
+    publish.remove_stale_temporaries(out)
+    chips = open_chips(Path(chips_store))
+    predictions = zarr.open_group(predictions_store, mode="r")
+    probabilities = predictions["probabilities"]
+    attrs = chips.attrs
+    rows, cols = chips["row_offset"].values, chips["col_offset"].values
+    paths = {
+        "classmap": out / "classmap.tif",
+        "probabilities": out / "probabilities.tif",
+        "chips": out / "chips.parquet",
+        "quicklook": out / "quicklook.png",
+        "metrics": out / "metrics.json",
+        "config": out / "config.yaml",
+        "model": out / "model",
+    }
+    class_pixels = publish.write_prediction_rasters(
+        lambda idx: probabilities.get_orthogonal_selection((idx,)),
+        rows, cols, attrs["chip_size"], attrs["height"], attrs["width"], attrs["crs"], attrs["raster_transform"],
+        config.class_names, paths["classmap"], paths["probabilities"],
+    )
+
+    item_ids = [d["id"] for d in plan.items]
+    class_index = predictions["class_index"][:]
+    predicted = np.flatnonzero(class_index >= 0)
+    size = attrs["chip_size"]
+    frame = gpd.GeoDataFrame(
+        {
+            "chip_id": predicted,
+            "predicted_class": np.asarray(config.class_names)[class_index[predicted]],
+            "class_value": (class_index[predicted] + 1).astype("uint8"),
+            "score": predictions["score"][:][predicted],
+            "source_item_ids": [",".join(item_ids)] * len(predicted),
+        },
+        geometry=[
+            box(t[2], t[5] + t[4] * size, t[2] + t[0] * size, t[5]) for t in chips["transform"].values[predicted]
+        ],
+        crs=attrs["crs"],
+    )
+    publish.write_geoparquet(frame, paths["chips"])
+    publish.write_quicklook(
+        paths["classmap"], _rgb_preview(open_raster(config, plan)), config.class_names,
+        f"AllSpark land cover: {config.name}", paths["quicklook"],
+    )
+
+    checkpoint_path = Path(checkpoint)
+    training_file = checkpoint_path / "training_metrics.json"
+    pixel_area = abs(attrs["raster_transform"][0] * attrs["raster_transform"][4])
+    metrics = {
+        "region": config.name,
+        "training": json.loads(training_file.read_text()) if training_file.exists() else None,
+        "map_holdout": _map_accuracy(paths["classmap"], checkpoint_path, config.class_names),
+        "class_area_m2": {name: n * pixel_area for name, n in class_pixels.items()},
+        "chips": run_stats,
+        "publish_seconds": round(time.perf_counter() - started, 1),
+    }
+    if metrics["training"]:
+        metrics["holdout_accuracy"] = metrics["training"]["holdout"]["overall_accuracy"]
+    publish.write_json(metrics, paths["metrics"])
+    publish.write_text(config.to_yaml(), paths["config"])
+    model_dir = paths["model"]
+    model_dir.mkdir(exist_ok=True)
+    for file in checkpoint_path.iterdir():
+        with publish.atomic_path(model_dir / file.name) as tmp:
+            shutil.copyfile(file, tmp)
+
+    model = load_predictor(checkpoint).model
+    assets = {
+        "classmap": pystac.Asset("classmap.tif", title="Land-cover class map", media_type=pystac.MediaType.COG,
+                                 roles=["data"], extra_fields={"classification:classes": [
+                                     {"value": i + 1, "name": n} for i, n in enumerate(config.class_names)]}),
+        "probabilities": pystac.Asset("probabilities.tif", title="Class probabilities (one band per class)",
+                                      media_type=pystac.MediaType.COG, roles=["data"]),
+        "chips": pystac.Asset("chips.parquet", title="Chips: footprint, predicted class, score",
+                              media_type="application/vnd.apache.parquet", roles=["data"]),
+        "quicklook": pystac.Asset("quicklook.png", title="Quicklook with legend", media_type=pystac.MediaType.PNG,
+                                  roles=["overview"]),
+        "metrics": pystac.Asset("metrics.json", title="Held-out accuracy and run statistics",
+                                media_type=pystac.MediaType.JSON, roles=["metadata"]),
+        "config": pystac.Asset("config.yaml", title="Run configuration", media_type="application/yaml",
+                               roles=["metadata"]),
+        "model": pystac.Asset("model/model.safetensors", title="Fine-tuned weights (trainable parts)",
+                              media_type="application/octet-stream", roles=["mlm:model"],
+                              extra_fields={"mlm:artifact_type": "safetensors"}),
+    }
+    model_fields = {
+        "mlm:name": f"allspark-msi-{config.name}",
+        "mlm:architecture": "AllSpark multispectral path: DOFA wavelength-conditioned stem, "
+                            "Perceiver resampler bridge, frozen causal LM, linear per-pixel head",
+        "mlm:tasks": ["semantic-segmentation"],
+        "mlm:framework": "pytorch",
+        "mlm:framework_version": torch.__version__.split("+")[0],
+        "mlm:pretrained": True,
+        "mlm:pretrained_source": config.model.llm,
+        "mlm:total_parameters": sum(p.numel() for p in model.parameters()),
+        "mlm:accelerator": "cuda" if model.device.type == "cuda" else "amd64",
+        "mlm:input": [{
+            "name": "multispectral chip",
+            "bands": config.bands,
+            "input": {"shape": [-1, len(config.bands), size, size], "dim_order": ["batch", "bands", "height", "width"],
+                      "data_type": "float32"},
+        }],
+        "mlm:output": [{
+            "name": "land cover",
+            "tasks": ["semantic-segmentation"],
+            "result": {"shape": [-1, len(config.class_names), size, size],
+                       "dim_order": ["batch", "channel", "height", "width"], "data_type": "float32"},
+            "classification:classes": [{"value": i + 1, "name": n} for i, n in enumerate(config.class_names)],
+        }],
+    }
+    catalog = publish.write_stac_catalog(
+        out,
+        item_id=f"{config.name}-landcover",
+        crs=attrs["crs"],
+        bounds=_raster_bounds(attrs),
+        input_items=plan.pystac_items(),
+        assets=assets,
+        properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": item_ids},
+        model_fields=model_fields,
+    )
+    return {k: str(v) for k, v in {**paths, "catalog": catalog}.items()} | {"metrics_summary": metrics}
+
+
+def _raster_bounds(attrs: dict) -> tuple[float, float, float, float]:
+    a, _, c, _, e, f = attrs["raster_transform"]
+    return (c, f + e * attrs["height"], c + a * attrs["width"], f)

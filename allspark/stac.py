@@ -1,0 +1,419 @@
+"""Catalog configs, STAC item search, band resolution and areas of interest.
+
+A catalog config (``catalogs/<name>.yaml``) says where the imagery lives (a static STAC catalog or
+a STAC API), which collection to use and how its bands map to asset keys, centre wavelengths and
+scale/offset/nodata. Items found here are loaded by :mod:`allspark.loading`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pystac
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from shapely import is_valid_reason
+from shapely.geometry import box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from allspark.paths import cache_dir
+
+LABEL_SCHEMA_PREFIX = "https://stac-extensions.github.io/label/"
+
+
+class CatalogConfigError(ValueError):
+    """A catalog config that cannot be read or used; the message names the file."""
+
+
+class CatalogNotFoundError(ValueError):
+    """A static catalog path that does not exist."""
+
+
+class NoItemsFound(ValueError):
+    """A search that matched no item; the message says what the catalog does cover."""
+
+
+class MissingBandError(ValueError):
+    """A requested band that an item does not have; the message lists the bands it has."""
+
+
+class AOIError(ValueError):
+    """An area of interest that cannot be read or is not a valid lon/lat geometry."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BandSpec(StrictModel):
+    """One band: its name in the pipeline, the STAC asset holding it and how to turn DNs into values.
+
+    Loaded values are ``DN * scale + offset``; pixels equal to ``nodata`` become NaN.
+    """
+
+    name: str
+    asset: str
+    center_wavelength: float = Field(gt=0, description="Centre wavelength in micrometres.")
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+
+class OffsetRule(StrictModel):
+    """Apply the bands' offsets only to items whose ``property`` is >= ``min_value``.
+
+    Sentinel-2 L2A from processing baseline 04.00 (2022-01-25) on stores reflectance with an added
+    offset of 1000 DN (-0.1 after scaling); older products have none. Values compare as strings
+    (zero-padded, e.g. "04.00"); items without the property count as older (offset 0).
+    """
+
+    property: str
+    min_value: str
+
+
+class CatalogConfig(StrictModel):
+    """Where imagery lives and how its bands are read."""
+
+    kind: Literal["static", "api"] = Field(description="static: a catalog.json on disk; api: a STAC API.")
+    url_or_path: str = Field(description="catalog.json path (static) or API root URL (api).")
+    collection: str
+    description: str = ""
+    bands: list[BandSpec] = Field(min_length=1)
+    offset_rule: OffsetRule | None = None
+
+    @model_validator(mode="after")
+    def _unique_bands(self) -> CatalogConfig:
+        names = [b.name for b in self.bands]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"band names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+def catalogs_dir() -> Path:
+    """Folder of the named catalog configs: ``$ALLSPARK_CATALOGS`` or ``catalogs/`` beside the package."""
+    env = os.environ.get("ALLSPARK_CATALOGS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "catalogs"
+
+
+def load_catalog_config(path_or_name: str | Path) -> CatalogConfig:
+    """Read a catalog config from a YAML path, or by name (``"demo"`` -> ``catalogs/demo.yaml``).
+
+    ``${ALLSPARK_CACHE}`` in a static path expands to :func:`allspark.paths.cache_dir` (also when
+    the variable is unset), other ``$VARS`` and ``~`` expand as usual, and a relative path is
+    taken relative to the YAML file. Unknown keys are errors naming the file.
+    """
+    text = str(path_or_name)
+    is_path = isinstance(path_or_name, Path) or text.endswith((".yaml", ".yml")) or os.sep in text
+    path = Path(text) if is_path else catalogs_dir() / f"{text}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in catalogs_dir().glob("*.yaml"))
+        raise CatalogConfigError(
+            f"catalog config {path} does not exist (named catalogs in {catalogs_dir()}: {', '.join(known) or 'none'})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CatalogConfigError(f"catalog config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise CatalogConfigError(f"catalog config {path} must hold a mapping of keys, got {type(data).__name__}")
+    try:
+        config = CatalogConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        )
+        raise CatalogConfigError(f"invalid catalog config {path}: {problems}") from None
+    if config.kind == "static":
+        raw = config.url_or_path.replace("${ALLSPARK_CACHE}", str(cache_dir()))
+        expanded = os.path.expanduser(os.path.expandvars(raw))
+        config = config.model_copy(update={"url_or_path": str((path.parent / expanded).resolve())})
+    return config
+
+
+def search_items(
+    config: CatalogConfig,
+    aoi: BaseGeometry | None = None,
+    datetime: tuple[str | None, str | None] | None = None,
+    *,
+    labels: bool = False,
+) -> list[pystac.Item]:
+    """Items of the config's collection that intersect ``aoi`` (lon/lat) and the ``datetime`` range.
+
+    ``datetime`` is an inclusive ``(start, end)`` pair of ISO 8601 dates or times; ``None`` or ".."
+    leaves an end open. Items with ``start_/end_datetime`` match when their span overlaps the range.
+    Imagery items are returned (sorted by time, then id); ``labels=True`` returns the label items
+    (STAC label extension) instead. Raises :class:`NoItemsFound` when nothing matches.
+    """
+    start, end = _parse_range(datetime)
+    if config.kind == "api":
+        return _search_api(config, aoi, start, end, labels)
+    root = Path(config.url_or_path)
+    if not root.exists():
+        raise CatalogNotFoundError(
+            f"static catalog {root} (collection {config.collection!r}) does not exist; for the demo "
+            f"catalog run allspark.demo_data.build_demo_catalog() first"
+        )
+    catalog = pystac.read_file(str(root))
+    if not isinstance(catalog, pystac.Catalog):
+        raise CatalogNotFoundError(f"{root} is a STAC {type(catalog).__name__}, expected a catalog or collection")
+    items = [
+        item.make_asset_hrefs_absolute()
+        for item in catalog.get_items(recursive=True)
+        if item.collection_id == config.collection and _is_label(item) == labels
+    ]
+    kind = "label" if labels else "imagery"
+    if not items:
+        raise NoItemsFound(f"static catalog {root} has no {kind} items in collection {config.collection!r}")
+    if aoi is not None:
+        hits = [item for item in items if item.geometry and shape(item.geometry).intersects(aoi)]
+        if not hits:
+            extent = unary_union([box(*item.bbox) for item in items]).bounds
+            raise NoItemsFound(
+                f"AOI with bbox {_fmt_bbox(aoi.bounds)} does not intersect collection {config.collection!r} "
+                f"of {root}, whose {kind} items cover {_fmt_bbox(extent)} (lon/lat)"
+            )
+        items = hits
+    hits = [item for item in items if _overlaps(_item_span(item), start, end)]
+    if not hits:
+        spans = [_item_span(item) for item in items]
+        raise NoItemsFound(
+            f"no {kind} items of collection {config.collection!r} in {root} between {_fmt_time(start)} and "
+            f"{_fmt_time(end)}; the items {'over the AOI ' if aoi is not None else ''}span "
+            f"{_fmt_time(min(s for s, _ in spans))} to {_fmt_time(max(e for _, e in spans))}"
+        )
+    return sorted(hits, key=lambda item: (_item_span(item)[0], item.id))
+
+
+def _search_api(
+    config: CatalogConfig, aoi: BaseGeometry | None, start: dt.datetime | None, end: dt.datetime | None,
+    labels: bool,
+) -> list[pystac.Item]:
+    """Search a STAC API with pystac-client."""
+    from pystac_client import Client
+
+    search = Client.open(config.url_or_path).search(
+        collections=[config.collection],
+        intersects=mapping(aoi) if aoi is not None else None,
+        datetime=None if start is None and end is None else f"{_fmt_time(start)}/{_fmt_time(end)}",
+    )
+    items = [item for item in search.items() if _is_label(item) == labels]
+    if not items:
+        raise NoItemsFound(
+            f"STAC API {config.url_or_path} returned no {'label' if labels else 'imagery'} items of collection "
+            f"{config.collection!r} for AOI bbox {_fmt_bbox(aoi.bounds) if aoi is not None else 'any'} between "
+            f"{_fmt_time(start)} and {_fmt_time(end)}"
+        )
+    return sorted(items, key=lambda item: (_item_span(item)[0], item.id))
+
+
+def _is_label(item: pystac.Item) -> bool:
+    return any(uri.startswith(LABEL_SCHEMA_PREFIX) for uri in item.stac_extensions) or "label:type" in item.properties
+
+
+def _parse_time(text: str | None, *, end: bool) -> dt.datetime | None:
+    """An ISO 8601 date or datetime as UTC; a bare date means the whole day."""
+    if text is None or text in ("", ".."):
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"datetime {text!r} is not an ISO 8601 date or time (e.g. 2000-01-31)") from None
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) and end:
+        value += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _parse_range(datetime: tuple[str | None, str | None] | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    if datetime is None:
+        return None, None
+    if len(datetime) != 2:
+        raise ValueError(f"datetime range must be (start, end), got {datetime!r}")
+    start, end = _parse_time(datetime[0], end=False), _parse_time(datetime[1], end=True)
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"datetime range starts after it ends: {datetime!r}")
+    return start, end
+
+
+def _item_span(item: pystac.Item) -> tuple[dt.datetime, dt.datetime]:
+    common = item.common_metadata
+    start = common.start_datetime or item.datetime
+    end = common.end_datetime or item.datetime
+    return start, end
+
+
+def _overlaps(span: tuple[dt.datetime, dt.datetime], start: dt.datetime | None, end: dt.datetime | None) -> bool:
+    return (start is None or span[1] >= start) and (end is None or span[0] <= end)
+
+
+def _fmt_time(value: dt.datetime | None) -> str:
+    return ".." if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _fmt_bbox(bounds: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.5f}" for v in bounds) + ")"
+
+
+# --- bands -------------------------------------------------------------------------------------------
+
+
+def resolve_bands(item: pystac.Item, band_names: list[str], config: CatalogConfig) -> list[BandSpec]:
+    """Map requested band names to the item's asset keys, centre wavelengths and scale/offset/nodata.
+
+    A name is found as the config's asset key for that band, as an asset key of the item, or as the
+    ``name`` / ``common_name`` of a single-band asset's ``eo:bands`` (or STAC 1.1 ``bands``). The
+    item's own metadata wins over the config table: ``eo:bands`` for the wavelength, ``raster:bands``
+    for scale, offset and nodata. Raises :class:`MissingBandError` naming the item, the band and
+    the bands the item has.
+    """
+    table = {b.name: b for b in config.bands}
+    meta = _asset_band_metadata(item)
+    offset_applies = config.offset_rule is None or str(
+        item.properties.get(config.offset_rule.property, "")
+    ) >= config.offset_rule.min_value
+    resolved = []
+    for name in band_names:
+        spec = table.get(name)
+        key = _find_asset(item, name, spec, meta)
+        band_meta = meta.get(key, {})
+        wavelength = band_meta.get("center_wavelength") or (spec.center_wavelength if spec else None)
+        if wavelength is None:
+            raise MissingBandError(
+                f"band {name!r} of item {item.id} (asset {key!r}) has no centre wavelength in the item's "
+                f"eo:bands nor in the catalog config's band table"
+            )
+        scale = band_meta.get("scale", spec.scale if spec else 1.0)
+        offset = band_meta.get("offset", (spec.offset if spec and offset_applies else 0.0))
+        nodata = band_meta.get("nodata", spec.nodata if spec else None)
+        resolved.append(BandSpec(name=name, asset=key, center_wavelength=wavelength, scale=scale,
+                                 offset=offset, nodata=nodata))
+    return resolved
+
+
+def _find_asset(item: pystac.Item, name: str, spec: BandSpec | None, meta: dict[str, dict[str, Any]]) -> str:
+    """The key of the item's asset holding band ``name`` (see :func:`resolve_bands` for the order)."""
+    if spec is not None and spec.asset in item.assets:
+        return spec.asset
+    if name in item.assets:
+        return name
+    matches = sorted(key for key, m in meta.items() if name in (m.get("name"), m.get("common_name")))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise MissingBandError(
+            f"band {name!r} is ambiguous in item {item.id}: assets {', '.join(matches)} all carry it; "
+            f"request one of those asset keys instead"
+        )
+    rasters = sorted(
+        key for key, asset in item.assets.items()
+        if key in meta or "data" in (asset.roles or []) or any(t in (asset.media_type or "") for t in ("tiff", "jp2"))
+    )
+    available = ", ".join(
+        key + (f" ({meta[key]['common_name']})" if meta.get(key, {}).get("common_name") else "") for key in rasters
+    )
+    raise MissingBandError(f"item {item.id} has no band {name!r}; its bands: {available or 'none'}")
+
+
+def _asset_band_metadata(item: pystac.Item) -> dict[str, dict[str, Any]]:
+    """Per single-band asset: name, common_name, center_wavelength, scale, offset, nodata (where given).
+
+    Reads asset ``eo:bands`` (including old STAC's indexes into the item's ``eo:bands``), STAC 1.1
+    ``bands`` (``eo:center_wavelength``, ``eo:common_name``, ``raster:scale``...) and ``raster:bands``.
+    Multi-band assets (e.g. a true-colour ``visual``) are left out: they cannot serve as one band.
+    """
+    item_bands = item.properties.get("eo:bands") or []
+    out: dict[str, dict[str, Any]] = {}
+    for key, asset in item.assets.items():
+        fields = asset.extra_fields
+        bands = fields.get("eo:bands") or fields.get("bands") or [{}]
+        raster = fields.get("raster:bands") or [{}]
+        if len(bands) != 1 or len(raster) != 1:
+            continue
+        band = item_bands[bands[0]] if isinstance(bands[0], int) and bands[0] < len(item_bands) else bands[0]
+        entry = {
+            "name": band.get("name"),
+            "common_name": band.get("common_name", band.get("eo:common_name")),
+            "center_wavelength": band.get("center_wavelength", band.get("eo:center_wavelength")),
+            "scale": raster[0].get("scale", band.get("raster:scale")),
+            "offset": raster[0].get("offset", band.get("raster:offset")),
+            "nodata": raster[0].get("nodata", band.get("nodata", fields.get("nodata"))),
+        }
+        entry = {k: v for k, v in entry.items() if v is not None}
+        if entry:
+            out[key] = entry
+    return out
+
+
+# --- areas of interest --------------------------------------------------------------------------------
+
+_BBOX = re.compile(r"\s*" + r"\s*,\s*".join([r"([-+]?[0-9.]+(?:[eE][-+]?\d+)?)"] * 4) + r"\s*")
+
+
+def load_aoi(path_or_bbox: str | Path) -> BaseGeometry:
+    """An area of interest in lon/lat (EPSG:4326) from a GeoJSON file or a ``"minx,miny,maxx,maxy"`` bbox.
+
+    GeoJSON may be a FeatureCollection (its geometries are unioned), a Feature or a bare geometry.
+    Raises :class:`AOIError` naming the input and what was expected.
+    """
+    text = str(path_or_bbox)
+    match = _BBOX.fullmatch(text) if not isinstance(path_or_bbox, Path) else None
+    if match:
+        minx, miny, maxx, maxy = (float(v) for v in match.groups())
+        if not (minx < maxx and miny < maxy):
+            raise AOIError(f"AOI bbox {text!r} must be minx,miny,maxx,maxy with minx < maxx and miny < maxy")
+        geometries, source = [box(minx, miny, maxx, maxy)], f"AOI bbox {text!r}"
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise AOIError(f"AOI {text!r} is neither a GeoJSON file nor a bbox 'minx,miny,maxx,maxy' in lon/lat")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AOIError(f"AOI file {path} is not valid JSON: {err}") from None
+        geometries, source = _geojson_geometries(data, path), f"AOI file {path}"
+    for geometry in geometries:
+        if geometry.is_empty:
+            raise AOIError(f"{source} holds an empty geometry")
+        if not geometry.is_valid:
+            raise AOIError(
+                f"{source} holds an invalid geometry ({is_valid_reason(geometry)}); "
+                f"fix it, e.g. with shapely.make_valid"
+            )
+    aoi = geometries[0] if len(geometries) == 1 else unary_union(geometries)
+    minx, miny, maxx, maxy = aoi.bounds
+    if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
+        raise AOIError(
+            f"{source} has coordinates outside the lon/lat range (bounds {_fmt_bbox(aoi.bounds)}); "
+            f"expected EPSG:4326 longitude, latitude"
+        )
+    return aoi
+
+
+_GEOMETRY_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
+                   "GeometryCollection")
+
+
+def _geojson_geometries(data: Any, path: Path) -> list[BaseGeometry]:
+    """The geometries of a GeoJSON FeatureCollection, Feature or geometry object."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "FeatureCollection":
+        raw = [f.get("geometry") for f in data.get("features") or [] if isinstance(f, dict)]
+    elif kind == "Feature":
+        raw = [data.get("geometry")]
+    elif kind in _GEOMETRY_TYPES:
+        raw = [data]
+    else:
+        raise AOIError(f"AOI file {path} has GeoJSON type {kind!r}; expected a FeatureCollection, Feature or geometry")
+    raw = [g for g in raw if g]
+    if not raw:
+        raise AOIError(f"AOI file {path} ({kind}) holds no geometry")
+    try:
+        return [shape(g) for g in raw]
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise AOIError(f"AOI file {path} holds malformed GeoJSON geometry: {err!r}") from None

@@ -1,0 +1,44 @@
+"""Session-wide fixtures: one Prefect test server, a private cache, the shared real data."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Prefect's home (results, local storage) private to this test session, before Prefect is imported.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="allspark-prefect-")
+import flows  # noqa: E402,F401  (Prefect defaults before Prefect is imported)
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ALLSPARK_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the real data in {path} (../shared/data beside the project; not in a plain clone)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """Work stores and catalogs go to a fresh folder; model weights are shared with `make`'s cache."""
+    user_cache = Path(os.environ.get("ALLSPARK_CACHE", PROJECT / ".cache" / "allspark"))
+    cache = tmp_path_factory.mktemp("allspark-cache")
+    (user_cache / "models").mkdir(parents=True, exist_ok=True)
+    (cache / "models").symlink_to(user_cache / "models", target_is_directory=True)
+    os.environ["ALLSPARK_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session (slow to start on 2 cores)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
