@@ -56,11 +56,14 @@ class TrainConfig(StrictModel):
     label_item: str | None = Field(
         None, description="Id of the STAC label item; default: the label item whose source is the image."
     )
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     warmup_epochs: int = Field(1, ge=0)
     weight_decay: float = Field(0.01, ge=0)
+    holdout: Literal["regions", "pixels"] = Field(
+        "regions", description="Hold out whole labelled regions (honest) or random pixels (optimistic)."
+    )
     holdout_fraction: float = Field(0.3, gt=0, lt=1)
     max_train_pixels: int | None = Field(
         None, ge=1, description="Cap on training pixels (stratified), for quick runs and tests."

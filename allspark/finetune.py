@@ -17,13 +17,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
-from sklearn.model_selection import train_test_split
+from scipy import ndimage
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from transformers import get_cosine_schedule_with_warmup
 
 from allspark.config import TrainConfig
 from allspark.model.msi import AllSparkMSI
 
 IGNORE = -1
+SPLIT_RULES = {
+    "regions": "whole labelled regions (connected same-class pixels, i.e. polygons) held out, stratified "
+    "by class (StratifiedGroupKFold, seeded); held-out labels never enter the loss",
+    "pixels": "stratified random split of labelled pixels (seeded); neighbours of one polygon fall on both "
+    "sides, so this figure is optimistic against a regions hold-out",
+}
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -93,10 +100,34 @@ class LabelledPixels:
         return len(self.rows)
 
 
-def split_holdout(pixels: LabelledPixels, fraction: float, seed: int) -> tuple[LabelledPixels, LabelledPixels]:
-    """Stratified (by class), seeded split into training and held-out pixels."""
+def labelled_regions(pixels: LabelledPixels, shape: tuple[int, int]) -> np.ndarray:
+    """Id of the connected same-class region (8-connected) of each labelled pixel: its polygon."""
+    regions = np.zeros(shape, dtype=np.int64)
+    class_map = np.full(shape, -1, dtype=np.int64)
+    class_map[pixels.rows, pixels.cols] = pixels.classes
+    offset = 0
+    for label in np.unique(pixels.classes):
+        components, count = ndimage.label(class_map == label, structure=np.ones((3, 3)))
+        regions[components > 0] = components[components > 0] + offset
+        offset += count
+    return regions[pixels.rows, pixels.cols]
+
+
+def split_holdout(
+    pixels: LabelledPixels, shape: tuple[int, int], fraction: float, seed: int, unit: str
+) -> tuple[LabelledPixels, LabelledPixels]:
+    """Seeded split into training and held-out pixels, stratified by class.
+
+    ``unit="regions"`` holds out whole labelled regions (polygons), so no held-out pixel has a
+    training neighbour from its own polygon: the honest figure. ``unit="pixels"`` splits pixels
+    at random, which lets neighbours of one polygon fall on both sides (optimistic).
+    """
     index = np.arange(len(pixels))
-    train, holdout = train_test_split(index, test_size=fraction, stratify=pixels.classes, random_state=seed)
+    if unit == "pixels":
+        train, holdout = train_test_split(index, test_size=fraction, stratify=pixels.classes, random_state=seed)
+    else:
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
+        train, holdout = next(folds.split(index, pixels.classes, groups=labelled_regions(pixels, shape)))
     return pixels.subset(np.sort(train)), pixels.subset(np.sort(holdout))
 
 
@@ -168,7 +199,7 @@ def fine_tune(
     pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, len(class_names))
     if len(pixels) == 0:
         raise ValueError("no labelled pixel with image data: the labels do not overlap the imagery")
-    train, holdout = split_holdout(pixels, config.holdout_fraction, seed)
+    train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout)
     if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
         keep, _ = train_test_split(
             np.arange(len(train)), train_size=config.max_train_pixels, stratify=train.classes, random_state=seed
@@ -210,9 +241,8 @@ def fine_tune(
     metrics = {
         "holdout": classification_metrics(holdout.classes, predicted, class_names),
         "split": {
-            "rule": "stratified random split of labelled pixels by class (seeded); held-out labels never "
-            "enter the loss, but neighbouring pixels of one polygon can fall on both sides, so this "
-            "figure is optimistic against a spatial hold-out",
+            "unit": config.holdout,
+            "rule": SPLIT_RULES[config.holdout],
             "seed": seed,
             "train_pixels": len(train),
             "holdout_pixels": len(holdout),
