@@ -75,14 +75,27 @@ def _pad_to_chip(raster: xr.DataArray, size: int) -> xr.DataArray:
     return raster.pad(pad, constant_values=np.nan)
 
 
-def stack_chips(raster: xr.DataArray, grid: ChipGrid) -> dsa.Array:
-    """A lazy (chip, band, chip_y, chip_x) dask array of all chips of the grid."""
+def _cut(window: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    return np.stack([window[:, r : r + size, c : c + size] for r, c in zip(rows, cols, strict=True)])
+
+
+def stack_chips(raster: xr.DataArray, grid: ChipGrid, chunk_chips: int = 64) -> dsa.Array:
+    """A lazy (chip, band, chip_y, chip_x) dask array of all chips, one dask chunk per ``chunk_chips``.
+
+    Each chunk reads the one raster window that covers its chips and cuts them out: one task per
+    chunk instead of one per chip, which keeps the graph small for large areas.
+    """
     padded = _pad_to_chip(raster.transpose("band", "y", "x"), grid.size)
     data = padded.data if isinstance(padded.data, dsa.Array) else dsa.from_array(padded.data)
-    size = grid.size
-    return dsa.stack(
-        [data[:, r : r + size, c : c + size] for r, c in zip(grid.row_offsets, grid.col_offsets)]
-    )
+    size, bands = grid.size, data.shape[0]
+    blocks = []
+    for start in range(0, len(grid), chunk_chips):
+        rows, cols = grid.row_offsets[start : start + chunk_chips], grid.col_offsets[start : start + chunk_chips]
+        top, left = rows.min(), cols.min()
+        window = data[:, top : rows.max() + size, left : cols.max() + size]
+        cut = dask.delayed(_cut)(window, rows - top, cols - left, size)
+        blocks.append(dsa.from_delayed(cut, shape=(len(rows), bands, size, size), dtype=data.dtype))
+    return dsa.concatenate(blocks)
 
 
 def write_chips(raster: xr.DataArray, grid: ChipGrid, store: Path, chunk_chips: int) -> dict[str, int]:
@@ -93,7 +106,7 @@ def write_chips(raster: xr.DataArray, grid: ChipGrid, store: Path, chunk_chips: 
     ``valid=False`` in the index and skipped downstream. Written to a temporary store and moved
     into place, so an interrupted run never leaves a store that looks complete.
     """
-    chips = stack_chips(raster, grid).astype("float32").rechunk((chunk_chips, -1, -1, -1))
+    chips = stack_chips(raster, grid, chunk_chips).astype("float32")
     valid = (~dsa.isnan(chips)).any(axis=(1, 2, 3))
     dataset = xr.Dataset(
         {"pixels": (CHIP_DIMS, chips), "valid": ("chip", valid)},

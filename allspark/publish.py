@@ -180,15 +180,16 @@ def write_stac_catalog(
     folder, then moved into place item first and catalog last.
     """
     footprint = box(*transform_bounds(crs, "EPSG:4326", *bounds))
-    times = sorted(i.datetime or i.common_metadata.start_datetime for i in input_items)
+    starts = [i.common_metadata.start_datetime or i.datetime for i in input_items]
+    ends = [i.common_metadata.end_datetime or i.datetime for i in input_items]
     item = pystac.Item(
         id=item_id,
         geometry=mapping(footprint),
         bbox=list(footprint.bounds),
         datetime=None,
         properties={
-            "start_datetime": times[0].isoformat(),
-            "end_datetime": (max(i.common_metadata.end_datetime or i.datetime for i in input_items)).isoformat(),
+            "start_datetime": min(starts).isoformat(),
+            "end_datetime": max(ends).isoformat(),
             "created": datetime.now(timezone.utc).isoformat(),
             "proj:code": crs,
             **properties,

@@ -31,7 +31,7 @@ from shapely.geometry import box
 from allspark import publish
 from allspark.chips import ChipGrid, open_chips, write_chips
 from allspark.config import RegionConfig
-from allspark.finetune import classification_metrics, fine_tune
+from allspark.finetune import classification_metrics, fine_tune, seed_everything
 from allspark.inference import checkpoint_digest, load_predictor, save_predictor
 from allspark.loading import check_readable, ensure_has_data, load_stack
 from allspark.model.msi import AllSparkMSI
@@ -117,6 +117,7 @@ def train_region(config: RegionConfig, plan: RegionPlan, log=print) -> dict:
     asset = next(iter(label_item.get_assets(role="labels").values()), None) or next(iter(label_item.assets.values()))
     labels = rioxarray.open_rasterio(asset.get_absolute_href(), masked=False).squeeze("band", drop=True)
     labels = labels.rio.reproject_match(raster, resampling=Resampling.nearest).fillna(0)
+    seed_everything(config.seed)  # the initial weights too, not only the data order
     model = AllSparkMSI(config.model)
     normalizer, metrics, holdout = fine_tune(
         model,

@@ -11,13 +11,15 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
 from prefect_dask import DaskTaskRunner
 
-from allspark import region
+from allspark import region, source_digest
 from allspark.config import RegionConfig
 
-CACHED = {"cache_policy": INPUTS + TASK_SOURCE, "persist_result": True}
+# A cached step is reused while its inputs, its task and the library's source code are unchanged.
+LIBRARY_SOURCE = CacheKeyFnPolicy(cache_key_fn=lambda context, parameters: source_digest())
+CACHED = {"cache_policy": INPUTS + TASK_SOURCE + LIBRARY_SOURCE, "persist_result": True}
 
 
 @task(name="plan")
