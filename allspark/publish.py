@@ -48,6 +48,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; published outputs are for everyone
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -149,7 +150,7 @@ def write_quicklook(
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 

@@ -299,14 +299,14 @@ def publish_region(
     pixel_area = abs(attrs["raster_transform"][0] * attrs["raster_transform"][4])
     metrics = {
         "region": config.name,
-        "training": json.loads(training_file.read_text()) if training_file.exists() else None,
+        "fine_tuning": json.loads(training_file.read_text()) if training_file.exists() else None,
         "map_holdout": _map_accuracy(paths["classmap"], checkpoint_path, config.class_names),
         "class_area_m2": {name: n * pixel_area for name, n in class_pixels.items()},
         "chips": run_stats,
         "publish_seconds": round(time.perf_counter() - started, 1),
     }
-    if metrics["training"]:
-        metrics["holdout_accuracy"] = metrics["training"]["holdout"]["overall_accuracy"]
+    if metrics["fine_tuning"]:
+        metrics["holdout_accuracy"] = metrics["fine_tuning"]["holdout"]["overall_accuracy"]
     publish.write_json(metrics, paths["metrics"])
     publish.write_text(config.to_yaml(), paths["config"])
     model_dir = paths["model"]

@@ -72,7 +72,7 @@ def test_outputs_are_complete_and_valid(first_run):
     assert Image.open(outputs["quicklook"]).format == "PNG"
     metrics = json.loads(open(outputs["metrics"]).read())
     assert 0 <= metrics["holdout_accuracy"] <= 1
-    assert metrics["map_holdout"]["n"] == metrics["training"]["holdout"]["n"] > 0
+    assert metrics["map_holdout"]["n"] == metrics["fine_tuning"]["holdout"]["n"] > 0
     stored = yaml.safe_load(open(outputs["config"]).read())
     assert stored["chips"] == {"size": 8, "overlap": 4, "batch": 64}
 
@@ -86,6 +86,7 @@ def test_outputs_are_complete_and_valid(first_run):
     assert item.properties["allspark:config"]["name"] == "test-region"
     assert [link.title for link in item.get_links("derived_from")] == ["LE07_NC_2000"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.rglob("*") if p.is_file()), "outputs not readable"
 
 
 def test_rerun_is_served_from_cache_without_duplicating_outputs(first_run):
