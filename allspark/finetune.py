@@ -140,13 +140,18 @@ def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int) -> 
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
-    """Overall accuracy, kappa, per-class F1 and the confusion matrix (rows: truth)."""
+    """Overall accuracy, kappa, per-class F1 and support, and the confusion matrix (rows: truth).
+
+    A class with no held-out pixel has F1 ``None``: it was not measured, which is not a score of 0.
+    """
     labels = list(range(len(class_names)))
     f1 = f1_score(truth, predicted, labels=labels, average=None, zero_division=0)
+    support = np.bincount(truth, minlength=len(class_names))
     return {
         "overall_accuracy": float((truth == predicted).mean()),
         "kappa": float(cohen_kappa_score(truth, predicted, labels=labels)),
-        "f1": {name: float(v) for name, v in zip(class_names, f1)},
+        "f1": {name: float(v) if n else None for name, v, n in zip(class_names, f1, support, strict=True)},
+        "support": {name: int(n) for name, n in zip(class_names, support, strict=True)},
         "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         "class_names": list(class_names),
         "n": int(len(truth)),

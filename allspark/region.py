@@ -20,12 +20,13 @@ import geopandas as gpd
 import numpy as np
 import pystac
 import rasterio
-import rioxarray  # noqa: F401  (registers the .rio accessor)
+import rioxarray
 import torch
 import xarray as xr
 import zarr
 from pydantic import BaseModel, ConfigDict
 from rasterio.enums import Resampling
+from rioxarray.exceptions import NoDataInBounds
 from shapely.geometry import box
 
 from allspark import publish
@@ -110,12 +111,25 @@ def find_label_item(catalog: CatalogConfig, image_items: list[pystac.Item], labe
 
 
 def train_region(config: RegionConfig, plan: RegionPlan, log=print) -> dict:
-    """Fine-tune on the catalog's labelled pixels; save the predictor; return its path and metrics."""
-    assert config.train is not None
+    """Fine-tune on the catalog's labelled pixels; save the predictor; return its path and metrics.
+
+    Only the part of the raster around the labels (plus one chip of context) is read.
+    """
+    if config.train is None:
+        raise ValueError(f"region {config.name!r} has no train settings: nothing to fine-tune")
     label_item = find_label_item(plan.catalog, plan.pystac_items(), config.train.label_item)
-    raster = open_raster(config, plan)
     asset = next(iter(label_item.get_assets(role="labels").values()), None) or next(iter(label_item.assets.values()))
     labels = rioxarray.open_rasterio(asset.get_absolute_href(), masked=False).squeeze("band", drop=True)
+    raster = open_raster(config, plan)
+    left, bottom, right, top = labels.rio.transform_bounds(raster.rio.crs)
+    margin = config.chips.size * abs(raster.rio.resolution()[0])
+    try:
+        raster = raster.rio.clip_box(left - margin, bottom - margin, right + margin, top + margin)
+    except NoDataInBounds:
+        raise ValueError(
+            f"the labels of item {label_item.id!r} ({asset.get_absolute_href()}) do not overlap the imagery of "
+            f"region {config.name!r}"
+        ) from None
     labels = labels.rio.reproject_match(raster, resampling=Resampling.nearest).fillna(0)
     seed_everything(config.seed)  # the initial weights too, not only the data order
     model = AllSparkMSI(config.model)
