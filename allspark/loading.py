@@ -138,17 +138,18 @@ def load_stack(
     return stack.rio.write_transform(grid.transform).rio.write_nodata(np.nan, encoded=False)
 
 
-def ensure_has_data(stack: xr.DataArray) -> int:
-    """Count the pixels valid in at least one band (this reads the data); raise :class:`AllNoDataError` if none."""
-    count = int(stack.notnull().any("band").sum().compute())
-    if count == 0:
-        items = ", ".join(stack.attrs.get("stac_items", [])) or "unknown"
-        raise AllNoDataError(
-            f"the loaded stack ({stack.sizes['y']}x{stack.sizes['x']} px, bands "
-            f"{', '.join(map(str, stack['band'].values))}) has no valid pixel; items: {items}. "
-            f"The AOI may only cover the items' nodata area."
-        )
-    return count
+def no_data_error(stack: xr.DataArray) -> AllNoDataError:
+    """The error for a stack without a single valid pixel, naming its size, bands and items.
+
+    The count itself comes from the step that reads the pixels anyway (chipping), so checking
+    costs no extra pass over the data.
+    """
+    items = ", ".join(stack.attrs.get("stac_items", [])) or "unknown"
+    return AllNoDataError(
+        f"the loaded stack ({stack.sizes['y']}x{stack.sizes['x']} px, bands "
+        f"{', '.join(map(str, stack['band'].values))}) has no valid pixel; items: {items}. "
+        f"The AOI may only cover the items' nodata area."
+    )
 
 
 def output_grid(

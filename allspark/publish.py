@@ -103,7 +103,7 @@ def write_prediction_rasters(
             for start, stop in strips(height, strip_rows):
                 prob = stitch_strip(read_chips, row_offsets, col_offsets, chip_size, width, (start, stop))
                 has_data = np.isfinite(prob).all(axis=0)
-                label = np.where(has_data, np.nanargmax(np.nan_to_num(prob, nan=-1.0), axis=0) + 1, CLASS_NODATA)
+                label = np.where(has_data, np.nan_to_num(prob, nan=-1.0).argmax(axis=0) + 1, CLASS_NODATA)
                 label = label.astype("uint8")
                 window = rasterio.windows.Window(0, start, width, stop - start)
                 classes.write(label, 1, window=window)

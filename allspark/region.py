@@ -2,10 +2,10 @@
 
 The Prefect flow in ``flows/region.py`` calls these one task each; they know nothing of
 Prefect, so they can be used from a notebook or another orchestrator as they are. Everything
-that can be checked before work starts (config, catalog, AOI, dates, bands, readable assets,
-data in the area) is checked by :func:`plan_region`, so bad input fails before anything is
-written. Intermediate stores live in a work folder keyed by the config's fingerprint, outside
-the published output folder.
+that can be checked before work starts (config, catalog, AOI, dates, bands, readable assets) is
+checked by :func:`plan_region`, and an area without data stops tiling; bad input fails before
+anything is published. Intermediate stores live in a work folder keyed by the config's
+fingerprint, outside the published output folder.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from allspark.chips import ChipGrid, open_chips, write_chips
 from allspark.config import RegionConfig
 from allspark.finetune import classification_metrics, fine_tune, seed_everything
 from allspark.inference import checkpoint_digest, load_predictor, save_predictor
-from allspark.loading import check_readable, ensure_has_data, load_stack
+from allspark.loading import check_readable, load_stack, no_data_error
 from allspark.model.msi import AllSparkMSI
 from allspark.paths import cache_dir
 from allspark.stac import BandSpec, CatalogConfig, load_aoi, load_catalog_config, resolve_bands, search_items
@@ -66,14 +66,12 @@ def plan_region(config: RegionConfig) -> RegionPlan:
     # every item must carry the bands; the first item's specs describe them all
     bands = [resolve_bands(item, config.bands, catalog) for item in items][0]
     check_readable(items, bands)
-    plan = RegionPlan(
+    return RegionPlan(
         catalog=catalog,
         items=[item.to_dict(transform_hrefs=False) for item in items],
         bands=bands,
         aoi_bbox=tuple(aoi.bounds) if aoi is not None else None,
     )
-    ensure_has_data(open_raster(config, plan))
-    return plan
 
 
 def open_raster(config: RegionConfig, plan: RegionPlan) -> xr.DataArray:
@@ -90,12 +88,17 @@ def open_raster(config: RegionConfig, plan: RegionPlan) -> xr.DataArray:
 
 
 def tile_region(config: RegionConfig, plan: RegionPlan) -> dict:
-    """Chip the raster into ``<work>/chips.zarr``; return the store path and chip counts."""
+    """Chip the raster into ``<work>/chips.zarr``; return the store path and chip counts.
+
+    An area without a single valid pixel stops the run here, before anything is published.
+    """
     raster = open_raster(config, plan)
     grid = ChipGrid.over(raster, config.chips.size, config.chips.overlap)
     store = work_dir(config) / "chips.zarr"
     store.parent.mkdir(parents=True, exist_ok=True)
     counts = write_chips(raster, grid, store, config.chips.batch)
+    if counts["valid_chips"] == 0:
+        raise no_data_error(raster)
     return {"store": str(store), **counts}
 
 

@@ -15,7 +15,7 @@ import xarray as xr
 from dask.callbacks import Callback
 
 from allspark.demo_data import build_demo_catalog
-from allspark.loading import AllNoDataError, CorruptAssetError, check_readable, ensure_has_data, load_stack
+from allspark.loading import AllNoDataError, CorruptAssetError, check_readable, load_stack, no_data_error
 from allspark.stac import BandSpec, CatalogConfig, load_catalog_config, resolve_bands, search_items
 
 SHARED = Path(os.environ.get("ALLSPARK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -92,7 +92,6 @@ def test_bbox_clip_scale_offset(demo, stacks: dict[str, xr.DataArray], loader: s
     assert clip.shape == (2, 196, 160) and clip.data.chunksize[-2:] == (64, 64)
     full = stacks["odc"].sel(band=["B1", "B2"], x=clip.x, y=clip.y)
     np.testing.assert_allclose(clip.values, full.values * 0.5 + 1.0, equal_nan=True)
-    assert ensure_has_data(clip) > 0
 
 
 def _shifted_item(item: pystac.Item, root: Path, day: int, add: float, blank_rows: int) -> pystac.Item:
@@ -139,11 +138,12 @@ def test_corrupt_asset_is_named(tmp_path: Path) -> None:
     assert err.value.href == href and href in str(err.value)
 
 
-def test_all_nodata_is_an_error() -> None:
+def test_no_data_error_names_the_stack() -> None:
     empty = xr.DataArray(np.full((2, 3, 4), np.nan, dtype="float32"), dims=("band", "y", "x"),
                          coords={"band": ["B1", "B2"]}, attrs={"stac_items": ["a", "b"]}).chunk()
-    with pytest.raises(AllNoDataError, match="items: a, b"):
-        ensure_has_data(empty)
+    error = no_data_error(empty)
+    assert isinstance(error, AllNoDataError)
+    assert "3x4 px, bands B1, B2" in str(error) and "items: a, b" in str(error)
 
 
 def test_bad_arguments(demo) -> None:
