@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from allspark.model.msi import MSIModelConfig
+from allspark.model.llm import SMOLLM2
 
 LANDSAT7_NC_CLASSES = [
     "developed",
@@ -70,6 +70,48 @@ class TrainConfig(StrictModel):
     )
 
 
+class RegionModelConfig(BaseModel):
+    """The multispectral AllSpark model that maps a region, in the region config's flat form.
+
+    It becomes an :class:`allspark.model.AllSparkConfig` for the ``multispectral`` modality with a
+    dense (per-pixel) classification head; see :meth:`allspark_config`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    llm: str = Field(SMOLLM2, description='"smollm2" (registry wheel), a local path or a cached HF model id')
+    llm_layers: int | None = Field(4, ge=1, description="keep the first N decoder layers of the LM (None: all)")
+    patch_size: int = Field(2, ge=1)
+    stem_dim: int = Field(128, ge=4, multiple_of=4, description="token width of the DOFA stem")
+    trunk_depth: int = Field(0, ge=0, description="ViT layers after the stem (0: stem only, fastest on a CPU)")
+    num_queries: int = Field(16, ge=1)
+    bridge_depth: int = Field(2, ge=1)
+    bridge_heads: int = Field(8, ge=1)
+    adapter_every: int = Field(2, ge=0, description="an LM adapter after every N-th decoder layer; 0 = none")
+    num_classes: int = Field(ge=2)
+    prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's MSI prompts")
+    use_prefix_cache: bool = True
+    prompt_seed: int = Field(0, description="seed of the per-step prompt draw in training")
+
+    def allspark_config(self, class_names: list[str]):
+        """The model's :class:`allspark.model.AllSparkConfig`."""
+        from allspark.model.model import AllSparkConfig  # the model package imports torch: only when needed
+
+        return AllSparkConfig(
+            modality="multispectral",
+            llm=self.llm,
+            llm_layers=self.llm_layers,
+            encoder={"patch_size": self.patch_size, "width": self.stem_dim, "depth": self.trunk_depth},
+            bridge={"num_queries": self.num_queries, "depth": self.bridge_depth, "heads": self.bridge_heads},
+            adapters={"every": self.adapter_every},
+            head={"kind": "dense_classification", "num_classes": self.num_classes},
+            class_names=class_names,
+            prompt=self.prompt,
+            use_prefix_cache=self.use_prefix_cache,
+            prompt_seed=self.prompt_seed,
+        )
+
+
 class RegionConfig(StrictModel):
     """Everything one run of the region flow needs; the defaults are the embedded demo."""
 
@@ -82,7 +124,7 @@ class RegionConfig(StrictModel):
     composite: Literal["median", "first"] = "median"
     resolution: float | None = Field(None, gt=0, description="Output pixel size in CRS units; none = native.")
     chips: ChipConfig = Field(default_factory=ChipConfig)
-    model: MSIModelConfig = Field(default_factory=lambda: MSIModelConfig(num_classes=len(LANDSAT7_NC_CLASSES)))
+    model: RegionModelConfig = Field(default_factory=lambda: RegionModelConfig(num_classes=len(LANDSAT7_NC_CLASSES)))
     class_names: list[str] = Field(default_factory=lambda: list(LANDSAT7_NC_CLASSES))
     train: TrainConfig | None = Field(default_factory=TrainConfig)
     checkpoint: Path | None = Field(None, description="Use this checkpoint instead of fine-tuning.")

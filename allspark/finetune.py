@@ -3,13 +3,12 @@
 Training samples are chips centred on labelled pixels. The loss is per-pixel cross-entropy over
 every *training* label that falls inside the chip (held-out labels never reach the loss), so one
 forward pass learns from a whole neighbourhood. The held-out split is stratified by class and
-seeded. Only the stem, the bridge and the head train; the language model stays frozen.
+seeded. Everything but the language model trains (stem, bridge, adapters, head).
 """
 
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass
 
@@ -19,26 +18,18 @@ from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from scipy import ndimage
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
-from transformers import get_cosine_schedule_with_warmup
 
 from allspark.config import TrainConfig
-from allspark.model.msi import AllSparkMSI
+from allspark.model.heads import IGNORE_INDEX
+from allspark.model.model import AllSpark
+from allspark.model.training import Trainer, TrainingSettings, seed_everything
 
-IGNORE = -1
 SPLIT_RULES = {
     "regions": "whole labelled regions (connected same-class pixels, i.e. polygons) held out, stratified "
     "by class (StratifiedGroupKFold, seeded); held-out labels never enter the loss",
     "pixels": "stratified random split of labelled pixels (seeded); neighbours of one polygon fall on both "
     "sides, so this figure is optimistic against a regions hold-out",
 }
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a torch generator for data order."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 class Normalizer(BaseModel):
@@ -132,11 +123,11 @@ def split_holdout(
 
 
 def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int) -> np.ndarray:
-    """(n, size, size) targets around each training pixel: training labels, IGNORE elsewhere."""
-    target = np.full(shape, IGNORE, dtype=np.int64)
+    """(n, size, size) targets around each training pixel: training labels, IGNORE_INDEX elsewhere."""
+    target = np.full(shape, IGNORE_INDEX, dtype=np.int64)
     target[train.rows, train.cols] = train.classes
     windows = centred_windows(target[None].astype("float64"), train.rows, train.cols, size)[:, 0]
-    return np.nan_to_num(windows, nan=IGNORE).astype(np.int64)
+    return np.nan_to_num(windows, nan=IGNORE_INDEX).astype(np.int64)
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
@@ -159,7 +150,7 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names
 
 
 def predict_centres(
-    model: AllSparkMSI,
+    model: AllSpark,
     normalizer: Normalizer,
     image: np.ndarray,
     wavelengths: torch.Tensor,
@@ -175,13 +166,13 @@ def predict_centres(
         for start in range(0, len(pixels), batch_size):
             part = pixels.subset(np.arange(start, min(start + batch_size, len(pixels))))
             inputs, _ = normalizer.apply(centred_windows(image, part.rows, part.cols, size))
-            logits = model(inputs.to(model.device), wavelengths)
-            predicted.append(logits[:, :, half, half].argmax(dim=1).cpu().numpy())
+            probabilities = model.predict({"image": inputs, "wavelengths": wavelengths})
+            predicted.append(probabilities[:, :, half, half].argmax(dim=1).cpu().numpy())
     return np.concatenate(predicted)
 
 
 def fine_tune(
-    model: AllSparkMSI,
+    model: AllSpark,
     image: np.ndarray,
     labels: np.ndarray,
     bands: list[str],
@@ -215,29 +206,21 @@ def fine_tune(
     targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
     wl = torch.tensor(wavelengths, dtype=torch.float32)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch
+    settings = TrainingSettings(
+        learning_rate=config.learning_rate,
+        epochs=config.epochs,
+        warmup_epochs=config.warmup_epochs,
+        weight_decay=config.weight_decay,
     )
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
+    trainer = Trainer(model, settings, batches_per_epoch=math.ceil(len(train) / config.batch_size))
     history = []
     started = time.perf_counter()
     for epoch in range(config.epochs):
-        model.train()
         order = torch.randperm(len(train), generator=generator)
         total = 0.0
         for start in range(0, len(train), config.batch_size):
             batch = order[start : start + config.batch_size]
-            with model.autocast():
-                logits = model(inputs[batch].to(model.device), wl)
-                loss = loss_fn(logits.float(), targets[batch].to(model.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(batch)
+            total += trainer.step({"image": inputs[batch], "wavelengths": wl}, targets[batch]) * len(batch)
         history.append(total / len(train))
         log(f"epoch {epoch + 1}/{config.epochs}: training loss {history[-1]:.4f}")
     train_seconds = time.perf_counter() - started

@@ -18,14 +18,14 @@ import torch
 
 from allspark.finetune import Normalizer
 from allspark.model.checkpoint import load_checkpoint, save_checkpoint
-from allspark.model.msi import AllSparkMSI
+from allspark.model.model import AllSpark
 
 NORMALIZER_FILE = "normalizer.json"
 
 
 @dataclass
 class Predictor:
-    model: AllSparkMSI
+    model: AllSpark
     normalizer: Normalizer
 
     def predict_proba(self, chips: np.ndarray, wavelengths: list[float], batch_size: int) -> np.ndarray:
@@ -34,12 +34,12 @@ class Predictor:
         out = []
         for start in range(0, len(chips), batch_size):
             inputs, has_data = self.normalizer.apply(chips[start : start + batch_size])
-            probs = self.model.predict_proba(inputs.to(self.model.device), wl).float().cpu()
+            probs = self.model.predict({"image": inputs, "wavelengths": wl}).cpu()
             out.append(torch.where(has_data[:, None], probs, torch.nan).numpy())
-        return np.concatenate(out) if out else np.empty((0, self.model.config.num_classes, *chips.shape[2:]), "float32")
+        return np.concatenate(out) if out else np.empty((0, self.model.config.head.num_classes, *chips.shape[2:]), "float32")
 
 
-def save_predictor(model: AllSparkMSI, normalizer: Normalizer, directory: Path) -> None:
+def save_predictor(model: AllSpark, normalizer: Normalizer, directory: Path) -> None:
     save_checkpoint(model, directory)
     (directory / NORMALIZER_FILE).write_text(normalizer.model_dump_json(indent=2))
 

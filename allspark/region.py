@@ -32,10 +32,11 @@ from shapely.geometry import box
 from allspark import publish
 from allspark.chips import ChipGrid, open_chips, write_chips
 from allspark.config import RegionConfig
-from allspark.finetune import classification_metrics, fine_tune, seed_everything
+from allspark.finetune import classification_metrics, fine_tune
 from allspark.inference import checkpoint_digest, load_predictor, save_predictor
 from allspark.loading import check_readable, load_stack, no_data_error
-from allspark.model.msi import AllSparkMSI
+from allspark.model.model import AllSpark
+from allspark.model.training import seed_everything
 from allspark.paths import cache_dir
 from allspark.stac import BandSpec, CatalogConfig, load_aoi, load_catalog_config, resolve_bands, search_items
 
@@ -135,7 +136,7 @@ def train_region(config: RegionConfig, plan: RegionPlan, log=print) -> dict:
         ) from None
     labels = labels.rio.reproject_match(raster, resampling=Resampling.nearest).fillna(0)
     seed_everything(config.seed)  # the initial weights too, not only the data order
-    model = AllSparkMSI(config.model)
+    model = AllSpark(config.model.allspark_config(config.class_names))
     normalizer, metrics, holdout = fine_tune(
         model,
         image=raster.values,
@@ -211,7 +212,7 @@ def predict_chip_range(chips_store: str, predictions_store: str, checkpoint: str
     predictor = load_predictor(checkpoint)
     chips = open_chips(Path(chips_store)).isel(chip=slice(start, stop))
     valid = chips["valid"].values
-    probs = np.full((stop - start, predictor.model.config.num_classes, *chips["pixels"].shape[2:]), np.nan, "float32")
+    probs = np.full((stop - start, predictor.model.config.head.num_classes, *chips["pixels"].shape[2:]), np.nan, "float32")
     if valid.any():
         probs[valid] = predictor.predict_proba(
             chips["pixels"].values[valid], chips["wavelength"].values.tolist(), batch_size

@@ -4,27 +4,21 @@ Measures, side by side in one run, chips/s of the multispectral AllSpark model a
 several depths of SmolLM2 (inference with and without the prompt-prefix cache, and training
 steps), on real 16x16 chips of the demo scene. Writes bench/results/llm_depth.json and .md.
 
-    python bench/llm_depth.py [--depths 30 8 4] [--repeats 3]
+    python -m bench.llm_depth [--depths 30 8 4] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from allspark.config import RegionConfig
 from allspark.finetune import Normalizer
-from allspark.model.msi import AllSparkMSI
+from allspark.model import AllSpark
 from allspark.region import open_raster, plan_region
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import best_rate, environment, write_results
 
 
 def demo_chips(config: RegionConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,37 +32,29 @@ def demo_chips(config: RegionConfig, n: int) -> tuple[torch.Tensor, torch.Tensor
     return inputs, torch.tensor(raster["wavelength"].values, dtype=torch.float32)
 
 
-def rate(step, chips: int, repeats: int) -> float:
-    """Best-of-``repeats`` chips per second of ``step`` (after one warm-up call)."""
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - started)
-    return chips / best
-
-
 def measure(depth: int, inputs: torch.Tensor, wavelengths: torch.Tensor, repeats: int) -> dict:
     row = {"llm_layers": depth}
+    region = RegionConfig()
+    batch = {"image": inputs, "wavelengths": wavelengths}
     for cached in (True, False):
-        model = AllSparkMSI(RegionConfig().model.model_copy(update={"llm_layers": depth, "use_prefix_cache": cached}))
+        config = region.model.model_copy(update={"llm_layers": depth, "use_prefix_cache": cached})
+        model = AllSpark(config.allspark_config(region.class_names))
         model.eval()
         with torch.no_grad():
-            row[f"infer_chips_per_s_{'cached' if cached else 'uncached'}"] = rate(
-                lambda: model(inputs, wavelengths), len(inputs), repeats
+            row[f"infer_chips_per_s_{'cached' if cached else 'uncached'}"] = best_rate(
+                lambda: model(batch), len(inputs), repeats
             )
     model.train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
     targets = torch.zeros(len(inputs), 16, 16, dtype=torch.long)
 
     def train_step():
-        loss = torch.nn.functional.cross_entropy(model(inputs, wavelengths), targets)
+        loss = model.loss(batch, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    row["train_chips_per_s"] = rate(train_step, len(inputs), repeats)
+    row["train_chips_per_s"] = best_rate(train_step, len(inputs), repeats)
     return row
 
 
@@ -82,22 +68,17 @@ def main() -> None:
     rows = [measure(depth, inputs, wavelengths, args.repeats) for depth in args.depths]
     result = {
         "benchmark": "llm_depth",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or 'cpu'}",
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        **environment(),
         "settings": {"batch": 32, "chip": "6 bands x 16 x 16", "dtype": "fp32", "repeats": args.repeats},
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "llm_depth.json").write_text(json.dumps(result, indent=2))
-    lines = [
+    table = [
         "| LM layers | inference chips/s (prefix cache) | inference chips/s (no cache) | training chips/s |",
         "|---:|---:|---:|---:|",
         *(f"| {r['llm_layers']} | {r['infer_chips_per_s_cached']:.0f} | {r['infer_chips_per_s_uncached']:.0f} | "
           f"{r['train_chips_per_s']:.0f} |" for r in rows),
     ]
-    (RESULTS / "llm_depth.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("llm_depth", result, table)
 
 
 if __name__ == "__main__":

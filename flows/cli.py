@@ -4,11 +4,13 @@
     allspark catalog build-demo [--root DIR]
     allspark model fetch [--llm smollm2|PATH]
     allspark config show [--config FILE]
+    allspark modalities [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -69,6 +71,19 @@ def _show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_modalities(args: argparse.Namespace) -> int:
+    from allspark.model.registry import MODALITIES
+
+    described = [modality.describe() for modality in MODALITIES.values()]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for entry in described:
+        inputs = "; ".join(f"{i['name']} ({', '.join(map(str, i['dims']))})" for i in entry["inputs"])
+        print(f"{entry['name']:<14}{entry['head']['kind']:<22}{inputs}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allspark", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="print a validated config with all defaults filled in")
     show.add_argument("--config", type=Path)
     show.set_defaults(handler=_show_config)
+
+    modalities = commands.add_parser("modalities", help="the model's modalities, their inputs, heads and prompts")
+    modalities.add_argument("--json", action="store_true", help="full descriptions as JSON")
+    modalities.set_defaults(handler=_list_modalities)
     return parser
 
 

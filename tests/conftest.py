@@ -42,3 +42,14 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+TEST_LLM_LAYERS = 2  # the first decoder layers of the real SmolLM2 are enough to test the model
+
+
+@pytest.fixture(scope="session")
+def language_model():
+    """SmolLM2 (fetched and de-quantised on a fresh machine), truncated, loaded once per session."""
+    from allspark.model import load_language_model
+
+    return load_language_model("smollm2", num_layers=TEST_LLM_LAYERS)

@@ -6,9 +6,9 @@ import numpy as np
 import rasterio
 import torch
 
-from allspark.config import TrainConfig
-from allspark.finetune import LabelledPixels, fine_tune, labelled_regions, seed_everything, split_holdout
-from allspark.model.msi import AllSparkMSI, MSIModelConfig
+from allspark.config import RegionModelConfig, TrainConfig
+from allspark.finetune import LabelledPixels, fine_tune, labelled_regions, split_holdout
+from allspark.model import AllSpark, seed_everything
 from tests.conftest import shared_data
 from tests.regions import CROP
 
@@ -53,7 +53,8 @@ def test_pixel_holdout_is_stratified():
 
 def train_once(image, labels):
     seed_everything(0)
-    model = AllSparkMSI(MSIModelConfig(num_classes=7, llm_layers=1, num_queries=4, stem_dim=32, bridge_depth=1))
+    config = RegionModelConfig(num_classes=7, llm_layers=1, num_queries=4, stem_dim=32, bridge_depth=1)
+    model = AllSpark(config.allspark_config([f"c{i}" for i in range(7)]))
     config = TrainConfig(epochs=2, batch_size=16, max_train_pixels=48, learning_rate=3e-3)
     normalizer, metrics, _ = fine_tune(
         model, image, labels, BANDS, WAVELENGTHS, [f"c{i}" for i in range(7)], 8, config, seed=0, log=lambda _: None

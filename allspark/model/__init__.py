@@ -1,6 +1,6 @@
-"""AllSpark model parts: wavelength-conditioned stem, Perceiver bridge, frozen LM, dense MSI model.
+"""The AllSpark model: modality encoders, the Lynx bridge, a frozen causal LM with adapters, task heads.
 
-Names are imported lazily, so ``import allspark.model.prompts`` does not pay for importing
+Names are imported lazily, so ``import allspark.model.registry`` does not pay for importing
 transformers.
 """
 
@@ -10,12 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "AllSparkMSI": "msi",
-    "MSIModelConfig": "msi",
-    "PerceiverResampler": "bridge",
-    "WavelengthConditionedPatchEmbed": "dofa",
-    "MSI_PROMPTS": "prompts",
+    "AllSpark": "model",
+    "AllSparkConfig": "model",
+    "MODALITIES": "registry",
+    "get_modality": "registry",
+    "ModalityInputError": "inputs",
+    "PROMPTS": "prompts",
     "select_prompt": "prompts",
+    "Trainer": "training",
+    "TrainingSettings": "training",
+    "seed_everything": "training",
     "fetch_smollm2_gguf": "llm",
     "load_language_model": "llm",
     "pick_device": "llm",
@@ -27,12 +31,13 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from allspark.model.bridge import PerceiverResampler
     from allspark.model.checkpoint import load_checkpoint, load_trainable_weights, save_checkpoint
-    from allspark.model.dofa import WavelengthConditionedPatchEmbed
+    from allspark.model.inputs import ModalityInputError
     from allspark.model.llm import fetch_smollm2_gguf, load_language_model, pick_device
-    from allspark.model.msi import AllSparkMSI, MSIModelConfig
-    from allspark.model.prompts import MSI_PROMPTS, select_prompt
+    from allspark.model.model import AllSpark, AllSparkConfig
+    from allspark.model.prompts import PROMPTS, select_prompt
+    from allspark.model.registry import MODALITIES, get_modality
+    from allspark.model.training import Trainer, TrainingSettings, seed_everything
 
 
 def __getattr__(name: str) -> Any:

@@ -24,13 +24,19 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(dim_context, 2 * dim)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``(B, Q, dim)`` queries and ``(B, N, dim_context)`` context -> ``(B, Q, dim)``."""
+    def forward(
+        self, queries: torch.Tensor, context: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, Q, dim)`` queries over ``(B, N, dim_context)`` context -> ``(B, Q, dim)``.
+
+        ``padding_mask`` ``(B, N)`` is True at context tokens to ignore.
+        """
         batch, num_queries, dim = queries.shape
         heads = self.num_heads
         q = self.to_q(queries).view(batch, num_queries, heads, -1).transpose(1, 2)
         k, v = self.to_kv(context).view(batch, context.shape[1], 2, heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Q, head_dim)
+        keep = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, Q, head_dim)
         return self.to_out(out.transpose(1, 2).reshape(batch, num_queries, dim))
 
 
@@ -45,8 +51,10 @@ class ResamplerBlock(nn.Module):
         self.norm_ff = nn.LayerNorm(dim)
         self.feed_forward = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        queries = queries + self.attention(self.norm_queries(queries), self.norm_context(context))
+    def forward(
+        self, queries: torch.Tensor, context: torch.Tensor, padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        queries = queries + self.attention(self.norm_queries(queries), self.norm_context(context), padding_mask)
         return queries + self.feed_forward(self.norm_ff(queries))
 
 
@@ -73,9 +81,9 @@ class PerceiverResampler(nn.Module):
         self.blocks = nn.ModuleList(ResamplerBlock(dim_out, dim_in, num_heads) for _ in range(depth))
         self.norm_out = nn.LayerNorm(dim_out)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, N, dim_in)`` encoder tokens -> ``(B, num_queries, dim_out)``."""
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, N, dim_in)`` encoder tokens -> ``(B, num_queries, dim_out)``; ``padding_mask`` (B, N) True = ignore."""
         queries = self.queries.expand(tokens.shape[0], -1, -1)
         for block in self.blocks:
-            queries = block(queries, tokens)
+            queries = block(queries, tokens, padding_mask)
         return self.norm_out(queries)

@@ -1,12 +1,13 @@
-"""Checkpoints of :class:`AllSparkMSI`: the trained parts in safetensors, the config in JSON.
+"""Checkpoints of :class:`AllSpark` models: the trained parts in safetensors, the config in JSON.
 
 The frozen language model is not saved; it is rebuilt from ``config.llm``. Nothing is pickled:
 safetensors holds only tensors, and the config is plain JSON validated by pydantic on load.
 
 Layout of a checkpoint directory::
 
-    config.json        {"model_type": "allspark-msi", "format_version": 1, "config": {...MSIModelConfig...}}
-    model.safetensors  stem.*, bridge.*, head.* tensors
+    config.json        {"model_type": "allspark", "format_version": 2, "config": {...AllSparkConfig...}}
+    model.safetensors  encoder.*, bridge.*, reader.adapters.*, head.* tensors (head buffers too:
+                       the target scaling that un-scales regression outputs)
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from allspark.model.msi import TRAINABLE_MODULES, AllSparkMSI, MSIModelConfig
+from allspark.model.model import AllSpark, AllSparkConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-MODEL_TYPE = "allspark-msi"
-FORMAT_VERSION = 1
+MODEL_TYPE = "allspark"
+FORMAT_VERSION = 2
 
 
-def save_checkpoint(model: AllSparkMSI, directory: str | Path) -> Path:
+def save_checkpoint(model: AllSpark, directory: str | Path) -> Path:
     """Write ``model``'s config and trainable weights into ``directory`` (created if needed); return it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -38,8 +39,8 @@ def save_checkpoint(model: AllSparkMSI, directory: str | Path) -> Path:
     return directory
 
 
-def load_checkpoint(directory: str | Path, device: torch.device | str | None = None) -> AllSparkMSI:
-    """Rebuild an :class:`AllSparkMSI` from a checkpoint directory, in eval mode.
+def load_checkpoint(directory: str | Path, device: torch.device | str | None = None) -> AllSpark:
+    """Rebuild an :class:`AllSpark` from a checkpoint directory, in eval mode.
 
     ``device`` defaults to CUDA when available, else CPU.
 
@@ -58,16 +59,16 @@ def load_checkpoint(directory: str | Path, device: torch.device | str | None = N
             raise ValueError(f"model_type is {document.get('model_type')!r}, expected {MODEL_TYPE!r}")
         if document.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format_version is {document.get('format_version')!r}, expected {FORMAT_VERSION}")
-        config = MSIModelConfig.model_validate(document["config"])
+        config = AllSparkConfig.model_validate(document["config"])
     except (json.JSONDecodeError, KeyError, AttributeError, ValidationError, ValueError) as error:
         raise ValueError(f"invalid checkpoint config {config_path}: {error}") from error
-    model = AllSparkMSI(config, device=device)
+    model = AllSpark(config, device=device)
     load_trainable_weights(model, directory / WEIGHTS_FILE)
     return model.eval()
 
 
-def load_trainable_weights(model: AllSparkMSI, path: str | Path) -> None:
-    """Load stem, bridge and head weights from a safetensors file into ``model``, checking the key contract.
+def load_trainable_weights(model: AllSpark, path: str | Path) -> None:
+    """Load the trainable weights from a safetensors file into ``model``, checking the key contract.
 
     Every key of ``model.trainable_state_dict()`` must be present with the same shape, and no
     other key may be; otherwise a ``ValueError`` names the file and lists the offending keys.
@@ -94,8 +95,5 @@ def load_trainable_weights(model: AllSparkMSI, path: str | Path) -> None:
             if keys
         ]
         raise ValueError(f"checkpoint {path} does not match the model; " + "; ".join(problems))
-    for name in TRAINABLE_MODULES:
-        prefix = f"{name}."
-        getattr(model, name).load_state_dict(
-            {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
-        )
+    # The LM's weights are not in the file: load non-strictly, having checked every other key above.
+    model.load_state_dict(tensors, strict=False)

@@ -13,34 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_EXPECTED_FORM = "(batch, bands, height, width) with one centre wavelength per band"
-
-
-def sincos_embedding_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer-style sine/cosine features of scalar positions: ``(n,) -> (n, dim)``."""
-    if dim % 2:
-        raise ValueError(f"sincos embedding dimension must be even, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim // 2))
-    angles = positions.to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
-
-
-def sincos_position_embedding_2d(
-    grid_h: int, grid_w: int, dim: int, device: torch.device | None = None
-) -> torch.Tensor:
-    """Fixed 2D sine/cosine position embedding for a ``grid_h x grid_w`` token grid: ``(grid_h * grid_w, dim)``.
-
-    Half of the channels encode the row, half the column; any grid size works, so chips of any
-    size share the same stem.
-    """
-    if dim % 4:
-        raise ValueError(f"2D position embedding dimension must be divisible by 4, got {dim}")
-    rows, cols = torch.meshgrid(
-        torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij"
-    )
-    return torch.cat(
-        [sincos_embedding_1d(rows.flatten(), dim // 2), sincos_embedding_1d(cols.flatten(), dim // 2)], dim=1
-    )
+from allspark.model.layers import sincos_embedding_1d, sincos_position_embedding_2d
 
 
 class WavelengthConditionedPatchEmbed(nn.Module):
@@ -127,7 +100,6 @@ class WavelengthConditionedPatchEmbed(nn.Module):
         Returns:
             tokens ``(batch, grid_h * grid_w, embed_dim)`` in row-major patch order, and ``(grid_h, grid_w)``.
         """
-        validate_multispectral(x, wavelengths)
         wavelengths = wavelengths.to(device=x.device, dtype=torch.float32)
         weight, bias = self._cached_weights(wavelengths)
         p = self.patch_size
@@ -142,25 +114,8 @@ class WavelengthConditionedPatchEmbed(nn.Module):
         return tokens, grid
 
 
-def validate_multispectral(x: torch.Tensor, wavelengths: torch.Tensor) -> None:
-    """Raise ``ValueError`` (naming the modality and the expected form) for malformed multispectral input."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"multispectral input must be {_EXPECTED_FORM}; got shape {shape}")
-    if not isinstance(wavelengths, torch.Tensor) or wavelengths.ndim != 1:
-        raise ValueError(f"multispectral wavelengths must be a 1D tensor, one per band: {_EXPECTED_FORM}")
-    if x.shape[1] != wavelengths.shape[0]:
-        raise ValueError(
-            f"multispectral input has {x.shape[1]} bands but {wavelengths.shape[0]} wavelengths were given; "
-            f"expected {_EXPECTED_FORM}"
-        )
-    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"multispectral input is empty (shape {tuple(x.shape)}); expected {_EXPECTED_FORM}")
-    if not x.is_floating_point():
-        raise ValueError(f"multispectral input must be a floating-point tensor, got {x.dtype}")
+def wavelength_problem(wavelengths: torch.Tensor) -> str | None:
+    """What is wrong with a band set's centre wavelengths (micrometres), or None when they are usable."""
     if not torch.isfinite(wavelengths).all() or (wavelengths <= 0).any():
-        raise ValueError(f"multispectral wavelengths must be positive micrometres, got {wavelengths.tolist()}")
-    if not torch.isfinite(x).all():
-        raise ValueError(
-            f"multispectral input contains NaN or infinite values (fill nodata first); expected {_EXPECTED_FORM}"
-        )
+        return f"wavelengths must be positive micrometres, got {wavelengths.tolist()}"
+    return None

@@ -1,0 +1,1 @@
+"""One file per modality encoder; the registry (``allspark.model.registry``) names them."""

@@ -1,0 +1,330 @@
+"""Light task heads on the language model's hidden states.
+
+AllSpark answers with one linear layer wherever it can: class logits for classification;
+values plus *un-scaling* (the inverse of the target normalisation: buffers, not parameters) for
+regression; K candidate futures with probabilities for trajectories (as TUTR does, for best-of-K
+metrics); per-element answers for dense tasks (a class per pixel, a value per graph node, a depth
+per pixel) from each element's encoder feature and the LM's reading of the whole sample; and the
+language model's own output layer for text and code.
+
+Every head maps ``hidden`` (``(B, Q, D)``, the LM's last hidden states at the modality positions)
+and the encoder output to a raw output, computes its loss against a target, and turns a raw
+output into a prediction in the target's units (:meth:`Head.postprocess`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from allspark.model.encoders.base import EncoderOutput, Inputs
+
+HeadKind = Literal[
+    "classification", "regression", "trajectory", "dense_classification", "dense_regression", "language"
+]
+IGNORE_INDEX = -1
+LANGUAGE_IGNORE_INDEX = -100  # Hugging Face's convention for label positions without a loss
+
+
+class HeadConfig(BaseModel):
+    """Which head, and its sizes. Fields a kind does not use must stay unset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: HeadKind
+    num_classes: int | None = Field(None, ge=2, description="classification kinds")
+    outputs: int | None = Field(None, ge=1, description="regression values per sample or per element")
+    horizon: int | None = Field(None, ge=1, description="trajectory: future steps")
+    modes: int | None = Field(None, ge=1, description="trajectory: candidate futures (K)")
+
+    @model_validator(mode="after")
+    def _sizes_match_kind(self) -> HeadConfig:
+        needed = {
+            "classification": {"num_classes"},
+            "dense_classification": {"num_classes"},
+            "regression": {"outputs"},
+            "dense_regression": {"outputs"},
+            "trajectory": {"horizon", "modes"},
+            "language": set(),
+        }[self.kind]
+        given = {name for name in ("num_classes", "outputs", "horizon", "modes") if getattr(self, name) is not None}
+        if needed - given:
+            raise ValueError(f"head kind {self.kind!r} needs {sorted(needed - given)}")
+        if given - needed:
+            raise ValueError(f"head kind {self.kind!r} does not use {sorted(given - needed)}")
+        return self
+
+
+class Head(nn.Module, ABC):
+    """A task head: raw output, loss, prediction, and an example target of the right form."""
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def forward(self, hidden: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Raw output (logits, or values in normalised target units)."""
+
+    @abstractmethod
+    def loss(self, output, target: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss of a raw output against a target in original units."""
+
+    def postprocess(self, output):
+        """Prediction in the target's units (probabilities for classification)."""
+        return output
+
+    @abstractmethod
+    def example_target(
+        self, output, encoded: EncoderOutput, inputs: Inputs, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A random target shaped like this head's predictions, that the head can represent (tests, tours)."""
+
+
+class TargetScaling(nn.Module):
+    """Target normalisation ``(y - mean) / std`` and its inverse; saved with the head, not trained."""
+
+    def __init__(self, outputs: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(outputs))
+        self.register_buffer("std", torch.ones(outputs))
+
+    @torch.no_grad()
+    def fit(self, targets: torch.Tensor) -> None:
+        """Set mean and std per output from training targets ``(..., outputs)`` (NaN ignored)."""
+        flat = targets.reshape(-1, targets.shape[-1]).float()
+        finite = torch.isfinite(flat)
+        count = finite.sum(0).clamp(min=1)
+        mean = torch.where(finite, flat, 0).sum(0) / count
+        var = torch.where(finite, (flat - mean) ** 2, 0).sum(0) / count
+        self.mean.copy_(mean)
+        self.std.copy_(var.sqrt().clamp(min=1e-6))
+
+    def normalise(self, values: torch.Tensor) -> torch.Tensor:
+        return (values - self.mean) / self.std
+
+    def unscale(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.std + self.mean
+
+
+def _masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over finite targets (missing observations are NaN)."""
+    finite = torch.isfinite(target)
+    if not finite.any():
+        return prediction.sum() * 0.0
+    return F.mse_loss(prediction[finite], target[finite])
+
+
+class ClassificationHead(Head):
+    """Mean of the hidden states, then one linear layer to class logits ``(B, num_classes)``."""
+
+    kind = "classification"
+
+    def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, config.num_classes)
+
+    def forward(self, hidden, encoded):
+        return self.linear(hidden.mean(dim=1))
+
+    def loss(self, output, target):
+        return F.cross_entropy(output.float(), target.long())
+
+    def postprocess(self, output):
+        return output.float().softmax(dim=-1)
+
+    def example_target(self, output, encoded, inputs, generator):
+        return torch.randint(output.shape[-1], output.shape[:1], generator=generator)
+
+
+class RegressionHead(Head):
+    """Mean of the hidden states, one linear layer to ``outputs`` values, then un-scaling."""
+
+    kind = "regression"
+
+    def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, config.outputs)
+        self.scaling = TargetScaling(config.outputs)
+
+    def forward(self, hidden, encoded):
+        return self.linear(hidden.mean(dim=1))
+
+    def loss(self, output, target):
+        return _masked_mse(output.float(), self.scaling.normalise(target.float()))
+
+    def postprocess(self, output):
+        return self.scaling.unscale(output.float())
+
+    def example_target(self, output, encoded, inputs, generator):
+        return torch.randn(output.shape, generator=generator)
+
+
+class TrajectoryHead(Head):
+    """K candidate futures ``(B, K, horizon, 2)`` and their probabilities, from one linear layer each.
+
+    Training is winner-takes-all, as in TUTR: the candidate closest to the true future (mean
+    Euclidean distance) is regressed towards it, and the mode logits learn to pick it
+    (cross-entropy), so the K candidates spread over distinct plausible futures. Targets are
+    positions relative to the last observed one, normalised per coordinate.
+    """
+
+    kind = "trajectory"
+
+    def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.horizon, self.modes = config.horizon, config.modes
+        self.futures = nn.Linear(width, config.modes * config.horizon * 2)
+        self.mode_logits = nn.Linear(width, config.modes)
+        self.scaling = TargetScaling(2)
+
+    def forward(self, hidden, encoded):
+        pooled = hidden.mean(dim=1)
+        futures = self.futures(pooled).view(len(pooled), self.modes, self.horizon, 2)
+        return {"futures": futures, "logits": self.mode_logits(pooled)}
+
+    def loss(self, output, target):
+        futures, logits = output["futures"].float(), output["logits"].float()
+        target = self.scaling.normalise(target.float())[:, None]  # (B, 1, T, 2)
+        distance = (futures - target).norm(dim=-1).mean(dim=-1)  # (B, K)
+        best = distance.argmin(dim=1)
+        chosen = futures[torch.arange(len(futures)), best]
+        return F.smooth_l1_loss(chosen, target[:, 0]) + F.cross_entropy(logits, best)
+
+    def postprocess(self, output):
+        """``futures`` ``(B, K, horizon, 2)`` in target units and ``probabilities`` ``(B, K)``, most likely first."""
+        probabilities = output["logits"].float().softmax(dim=-1)
+        order = probabilities.argsort(dim=-1, descending=True)
+        futures = self.scaling.unscale(output["futures"].float())
+        rows = torch.arange(len(order))[:, None]
+        return {"futures": futures[rows, order], "probabilities": probabilities[rows, order]}
+
+    def example_target(self, output, encoded, inputs, generator):
+        return torch.randn((len(output["futures"]), self.horizon, 2), generator=generator)
+
+
+class DenseHead(Head):
+    """One linear layer over ``concat(element feature, mean hidden state)`` at every element.
+
+    Elements are the encoder's ``dense`` features: image patches (answers are brought back to
+    pixels: nearest upsampling by the patch size, which commutes with a per-pixel linear map, then
+    cropped to the input size) or other elements such as graph nodes. The linear layer is split
+    along its input, so the sample part is computed once per sample and broadcast; the result is
+    the same single linear layer applied element by element.
+
+    Output: ``(B, C, H, W)`` for patch grids, ``(B, N, C)`` otherwise (C classes or values).
+    Classification ignores target ``-1``; regression ignores NaN targets and un-scales per channel.
+    """
+
+    def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
+        super().__init__()
+        self.kind = config.kind
+        channels = config.num_classes if config.kind == "dense_classification" else config.outputs
+        self.linear = nn.Linear(feature_dim + width, channels)
+        self.scaling = TargetScaling(channels) if config.kind == "dense_regression" else None
+
+    def forward(self, hidden, encoded):
+        if encoded.dense is None:
+            raise ValueError("a dense head needs an encoder that returns dense features")
+        features = encoded.dense
+        weight_features, weight_context = self.linear.weight.split(
+            [features.shape[-1], hidden.shape[-1]], dim=1
+        )
+        context = F.linear(hidden.mean(dim=1), weight_context, self.linear.bias)
+        values = F.linear(features, weight_features.to(features.dtype)) + context[:, None].to(features.dtype)
+        if encoded.grid is None:
+            return values  # (B, N, C)
+        values = values.transpose(1, 2).unflatten(2, encoded.grid)  # (B, C, gh, gw)
+        if encoded.patch_size > 1:
+            values = F.interpolate(values, scale_factor=encoded.patch_size, mode="nearest")
+        if encoded.size is not None:
+            values = values[..., : encoded.size[0], : encoded.size[1]]
+        return values
+
+    def _channels_last(self, output: torch.Tensor) -> torch.Tensor:
+        return output.movedim(1, -1) if output.ndim == 4 else output
+
+    def loss(self, output, target):
+        if self.scaling is None:
+            return F.cross_entropy(output.float().movedim(-1, 1) if output.ndim == 3 else output.float(),
+                                   target.long(), ignore_index=IGNORE_INDEX)
+        prediction = self._channels_last(output.float())
+        if target.ndim == prediction.ndim - 1:
+            target = target[..., None]  # one value per pixel, e.g. depth (B, H, W)
+        return _masked_mse(prediction, self.scaling.normalise(target.float()))
+
+    def postprocess(self, output):
+        if self.scaling is None:
+            return output.float().softmax(dim=1 if output.ndim == 4 else -1)
+        values = self.scaling.unscale(self._channels_last(output.float()))
+        return values.movedim(-1, 1) if output.ndim == 4 else values
+
+    def example_target(self, output, encoded, inputs, generator):
+        """Per patch (then per pixel, constant within a patch) or per element: what one linear layer can fit."""
+        channels_last = self._channels_last(output)
+        coarse = channels_last.shape[:-1]
+        if output.ndim == 4:
+            coarse = (len(output), *encoded.grid)
+        if self.scaling is None:
+            target = torch.randint(channels_last.shape[-1], coarse, generator=generator)
+        else:
+            target = torch.randn((*coarse, channels_last.shape[-1]), generator=generator)
+        if output.ndim == 4:
+            p = encoded.patch_size
+            target = target.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, : output.shape[2], : output.shape[3]]
+        return target
+
+
+class LanguageModelHead(Head):
+    """The language model's own output layer: next-token logits ``(B, L, vocab)``.
+
+    Targets are Hugging Face-style labels ``(B, L)`` aligned with the input tokens: the token id
+    where a loss is wanted (the answer), ``-100`` elsewhere; logits at position t predict
+    label t+1. The head has no parameters of its own.
+    """
+
+    kind = "language"
+
+    def __init__(self, token_logits: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self._token_logits = token_logits
+
+    def forward(self, hidden, encoded):
+        return self._token_logits(hidden)
+
+    def loss(self, output, target):
+        return F.cross_entropy(
+            output[:, :-1].float().flatten(0, 1), target[:, 1:].long().flatten(), ignore_index=LANGUAGE_IGNORE_INDEX
+        )
+
+    def log_likelihood(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability of each row's labelled tokens ``(B,)``, to score candidate answers."""
+        log_probs = output[:, :-1].float().log_softmax(dim=-1)
+        labels = target[:, 1:].long()
+        known = labels != LANGUAGE_IGNORE_INDEX
+        picked = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        return (picked * known).sum(dim=1)
+
+    def example_target(self, output, encoded, inputs, generator):
+        labels = torch.full_like(inputs["token_ids"], LANGUAGE_IGNORE_INDEX)
+        labels[:, -2:] = inputs["token_ids"][:, -2:]  # the last two tokens play the answer
+        return labels
+
+
+def build_head(config: HeadConfig, width: int, feature_dim: int, token_logits: Callable | None = None) -> Head:
+    """The head for ``config``: ``width`` is the LM's hidden size, ``feature_dim`` the encoder's token width."""
+    if config.kind == "language":
+        if token_logits is None:
+            raise ValueError("the language head needs the language model's output layer")
+        return LanguageModelHead(token_logits)
+    head_class = {
+        "classification": ClassificationHead,
+        "regression": RegressionHead,
+        "trajectory": TrajectoryHead,
+        "dense_classification": DenseHead,
+        "dense_regression": DenseHead,
+    }[config.kind]
+    return head_class(width, feature_dim, config)

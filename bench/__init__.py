@@ -1,0 +1,1 @@
+"""Benchmarks: each writes JSON and a Markdown table to bench/results/ (run as ``python -m bench.<name>``)."""
