@@ -354,8 +354,8 @@ def publish_region(
     }
     model_fields = {
         "mlm:name": f"allspark-msi-{config.name}",
-        "mlm:architecture": "AllSpark multispectral path: DOFA wavelength-conditioned stem, "
-                            "Perceiver resampler bridge, frozen causal LM, linear per-pixel head",
+        "mlm:architecture": "AllSpark multispectral: DOFA wavelength-conditioned stem, Lynx resampler bridge, "
+                            "frozen causal LM with bottleneck adapters, linear per-pixel head",
         "mlm:tasks": ["semantic-segmentation"],
         "mlm:framework": "pytorch",
         "mlm:framework_version": torch.__version__.split("+")[0],

@@ -40,6 +40,7 @@ def inference_row(modality: str, depth: int, batch: int, repeats: int) -> dict:
             outputs[cached] = head_output(model(inputs)).float()
     row["speedup"] = row["cached"] / row["uncached"]
     row["max_abs_difference"] = float((outputs[True] - outputs[False]).abs().max())
+    print(row, flush=True)
     return row
 
 
@@ -51,6 +52,11 @@ def training_row(modality: str, depth: int, batch: int, repeats: int) -> dict:
         model = AllSpark(AllSparkConfig(modality=modality, llm_layers=depth, adapters={"every": every}))
         inputs, target = model.example_batch(batch, seed=0)
         parameters = [p for p in model.trainable_parameters() if p.requires_grad]
+        label = "adapters" if every else "no_adapters"
+        row[f"{label}_trainable_parameters"] = sum(p.numel() for p in parameters)
+        if not parameters:  # text and code train nothing but their adapters
+            row[label] = None
+            continue
         optimizer = torch.optim.AdamW(parameters, lr=1e-4)
         model.train()
 
@@ -60,11 +66,14 @@ def training_row(modality: str, depth: int, batch: int, repeats: int) -> dict:
             loss.backward()
             optimizer.step()
 
-        label = "adapters" if every else "no_adapters"
         row[label] = best_rate(step, batch, repeats)
-        row[f"{label}_trainable_parameters"] = sum(p.numel() for p in parameters)
-    row["adapter_cost"] = 1 - row["adapters"] / row["no_adapters"]
+    row["adapter_cost"] = 1 - row["adapters"] / row["no_adapters"] if row["no_adapters"] else None
+    print(row, flush=True)
     return row
+
+
+def _optional(value: float | None, spec: str) -> str:
+    return "n/a (nothing else trains)" if value is None else format(value, spec)
 
 
 def main() -> None:
@@ -100,8 +109,8 @@ def main() -> None:
         f"| modality | LM layers | training, adapters | training, no adapters | adapter cost | "
         "trainable params (adapters) | (no adapters) |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r['modality']} | {r['llm_layers']} | {r['adapters']:.1f} | {r['no_adapters']:.1f} | "
-          f"{100 * r['adapter_cost']:.0f} % | {r['adapters_trainable_parameters']:,} | "
+        *(f"| {r['modality']} | {r['llm_layers']} | {r['adapters']:.1f} | {_optional(r['no_adapters'], '.1f')} | "
+          f"{_optional(r['adapter_cost'], '.0%')} | {r['adapters_trainable_parameters']:,} | "
           f"{r['no_adapters_trainable_parameters']:,} |" for r in training),
     ]
     write_results("modalities", result, table)

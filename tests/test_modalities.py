@@ -127,3 +127,33 @@ def test_malformed_input_names_the_modality_and_the_expected_form(modality):
     if not spec.optional:
         with pytest.raises(ModalityInputError, match=rf"^{modality} input: missing input '{name}'"):
             model({key: value for key, value in inputs.items() if key != name})
+
+
+def test_text_model_learns_to_answer_generates_and_ranks_candidates():
+    """The language head: teacher-forced answers, greedy generation, and log-likelihood scoring."""
+    from allspark.model.encoders.language import tokenize
+
+    model = build("text")
+    tokenizer = model.reader.tokenizer
+    reviews = ["A wonderful, moving film.", "Dull plot and wooden acting."]
+    inputs, labels = tokenize(tokenizer, reviews, ["positive", "negative"])
+    trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=60), batches_per_epoch=1)
+    losses = [trainer.step(inputs, labels) for _ in range(60)]
+    assert losses[-1] < 0.1 * losses[0]
+    assert model.generate(tokenize(tokenizer, reviews)[0], max_new_tokens=4) == ["positive", "negative"]
+    scores = {
+        answer: model.score(*tokenize(tokenizer, reviews, [answer] * 2)) for answer in ("positive", "negative")
+    }
+    assert scores["positive"][0] > scores["negative"][0] and scores["negative"][1] > scores["positive"][1]
+
+
+def test_checkpoint_keeps_the_target_scaling_of_a_regression_head(tmp_path):
+    from allspark.model import load_checkpoint, save_checkpoint
+
+    model = build("table")
+    model.head.scaling.fit(torch.tensor([[35.0], [80.0], [120.0]]))
+    inputs, _ = model.example_batch(2)
+    restored = load_checkpoint(save_checkpoint(model, tmp_path / "table"), device="cpu")
+    assert "head.scaling.mean" in restored.trainable_state_dict()
+    torch.testing.assert_close(restored.predict(inputs), model.predict(inputs))
+    assert restored.predict(inputs).mean() > 20  # in µg/m³, not in normalised units

@@ -55,7 +55,8 @@ class AllSparkConfig(BaseModel):
     """Everything needed to rebuild an :class:`AllSpark` model (stored in every checkpoint).
 
     Unset ``bridge.num_queries`` and ``head`` take the registry's defaults for the modality;
-    ``encoder`` is validated by the modality encoder's own config class.
+    ``encoder`` is validated by the modality encoder's own config class and stored with every
+    default filled in.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,6 +82,8 @@ class AllSparkConfig(BaseModel):
         if modality is None:
             raise ValueError(f"unknown modality {data['modality']!r}; known: {', '.join(MODALITIES)}")
         data = dict(data)
+        # Store the encoder's config resolved, defaults included, so a checkpoint says exactly what it holds.
+        data["encoder"] = modality.encoder_class.Config.model_validate(data.get("encoder") or {}).model_dump(mode="json")
         data.setdefault("head", modality.head)
         bridge = data.get("bridge") or {}
         if isinstance(bridge, Mapping) and "num_queries" not in bridge:
@@ -90,7 +93,6 @@ class AllSparkConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> AllSparkConfig:
         modality = get_modality(self.modality)
-        self.encoder_config()  # raises on a typo or a bad value
         if (self.head.kind == "language") != (not modality.has_bridge):
             raise ValueError(
                 f"head kind {self.head.kind!r} does not suit modality {self.modality!r}: "

@@ -1,0 +1,88 @@
+"""Task heads on their own (no language model): shapes, un-scaling, K futures, dense maps, scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allspark.model.encoders.base import EncoderOutput
+from allspark.model.heads import LANGUAGE_IGNORE_INDEX, HeadConfig, LanguageModelHead, build_head
+
+WIDTH, FEATURES = 16, 8
+
+
+def encoded(batch: int = 2, elements: int = 5, **fields) -> EncoderOutput:
+    return EncoderOutput(tokens=torch.randn(batch, elements, FEATURES), **fields)
+
+
+def test_regression_head_learns_in_normalised_units_and_answers_in_target_units():
+    head = build_head(HeadConfig(kind="regression", outputs=1), WIDTH, FEATURES)
+    targets = torch.tensor([[100.0], [120.0], [80.0], [float("nan")]])
+    head.scaling.fit(targets)
+    assert head.scaling.mean.item() == pytest.approx(100.0) and head.scaling.std.item() == pytest.approx(16.33, 0.01)
+    normalised = torch.tensor([[1.0], [0.0]])
+    torch.testing.assert_close(head.postprocess(normalised), torch.tensor([[116.33], [100.0]]), atol=0.01, rtol=0)
+    # The loss compares in normalised units and skips missing targets.
+    loss = head.loss(torch.tensor([[0.0], [0.0]]), torch.tensor([[100.0], [float("nan")]]))
+    assert loss.item() == 0.0
+
+
+def test_trajectory_head_gives_k_futures_most_likely_first_and_trains_the_closest():
+    head = build_head(HeadConfig(kind="trajectory", horizon=12, modes=5), WIDTH, FEATURES)
+    hidden = torch.randn(3, 4, WIDTH)
+    output = head(hidden, encoded(3))
+    assert output["futures"].shape == (3, 5, 12, 2) and output["logits"].shape == (3, 5)
+    prediction = head.postprocess(output)
+    probabilities = prediction["probabilities"]
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(3))
+    assert (probabilities[:, :-1] >= probabilities[:, 1:]).all()
+    # The most likely future listed first is the one with the largest logit.
+    best = output["logits"].argmax(dim=1)
+    torch.testing.assert_close(prediction["futures"][:, 0], output["futures"][torch.arange(3), best])
+    # Winner-takes-all: only the candidate closest to the truth gets a regression gradient.
+    futures = output["futures"].detach().requires_grad_(True)
+    target = futures[:, 2].detach() + 0.01
+    head.loss({"futures": futures, "logits": output["logits"].detach()}, target).backward()
+    moved = futures.grad.abs().sum(dim=(2, 3)) > 0
+    assert moved[:, 2].all() and moved.sum() == 3
+
+
+def test_dense_head_maps_patches_back_to_pixels_and_elements_to_values():
+    pixels = build_head(HeadConfig(kind="dense_classification", num_classes=3), WIDTH, FEATURES)
+    grid_output = encoded(2, 6, dense=torch.randn(2, 6, FEATURES), grid=(2, 3), patch_size=4, size=(7, 10))
+    logits = pixels(torch.randn(2, 4, WIDTH), grid_output)
+    assert logits.shape == (2, 3, 7, 10)
+    assert torch.equal(logits[..., 0, 0], logits[..., 3, 3])  # one answer per 4x4 patch
+    target = torch.full((2, 7, 10), -1)
+    target[:, 0, 0] = 1
+    assert pixels.loss(logits, target) > 0  # only the labelled pixel counts; -1 is ignored
+
+    nodes = build_head(HeadConfig(kind="dense_regression", outputs=12), WIDTH, FEATURES)
+    values = nodes(torch.randn(2, 4, WIDTH), encoded(2, 5, dense=torch.randn(2, 5, FEATURES)))
+    assert values.shape == (2, 5, 12) and nodes.postprocess(values).shape == (2, 5, 12)
+
+
+def test_language_head_scores_labelled_tokens_only():
+    vocabulary = 10
+    head = LanguageModelHead(token_logits=lambda hidden: hidden[..., :vocabulary])
+    logits = torch.full((1, 4, vocabulary), -10.0)
+    logits[0, 1, 7] = 10.0  # position 1 predicts token 7 at position 2
+    labels = torch.tensor([[LANGUAGE_IGNORE_INDEX, LANGUAGE_IGNORE_INDEX, 7, LANGUAGE_IGNORE_INDEX]])
+    assert head.log_likelihood(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert head.loss(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    labels[0, 2] = 3
+    assert head.log_likelihood(logits, labels).item() < -10
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "classification"}, "needs \\['num_classes'\\]"),
+        ({"kind": "trajectory", "horizon": 12}, "needs \\['modes'\\]"),
+        ({"kind": "regression", "outputs": 1, "modes": 3}, "does not use \\['modes'\\]"),
+        ({"kind": "segmentation"}, "kind"),
+    ],
+)
+def test_head_config_rejects_missing_or_foreign_sizes(fields, message):
+    with pytest.raises(ValueError, match=message):
+        HeadConfig(**fields)
