@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 # Prefect's home (results, local storage) private to this test session, before Prefect is imported.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="allspark-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 import flows  # noqa: E402,F401  (Prefect defaults before Prefect is imported)
 
 PROJECT = Path(__file__).resolve().parents[1]
