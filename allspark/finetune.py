@@ -221,6 +221,7 @@ def fine_tune(
         for start in range(0, len(train), config.batch_size):
             batch = order[start : start + config.batch_size]
             total += trainer.step({"image": inputs[batch], "wavelengths": wl}, targets[batch]) * len(batch)
+        trainer.finish_epoch()
         history.append(total / len(train))
         log(f"epoch {epoch + 1}/{config.epochs}: training loss {history[-1]:.4f}")
     train_seconds = time.perf_counter() - started

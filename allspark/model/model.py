@@ -92,8 +92,8 @@ class AllSparkConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> AllSparkConfig:
-        modality = get_modality(self.modality)
-        if (self.head.kind == "language") != (not modality.has_bridge):
+        reads_text = not get_modality(self.modality).has_bridge  # text and code
+        if (self.head.kind == "language") != reads_text:
             raise ValueError(
                 f"head kind {self.head.kind!r} does not suit modality {self.modality!r}: "
                 "text and code answer with the language head, every other modality with its own head"

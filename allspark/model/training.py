@@ -89,10 +89,10 @@ class Trainer:
         return float(loss.detach())
 
     def finish_epoch(self) -> None:
-        """Apply gradients left over from an epoch whose micro-batches do not fill the last step."""
+        """End an epoch: apply gradients left over when its micro-batches do not fill the last step."""
         if self.micro_steps % self.settings.accumulation_steps:
             self._update()
-            self.micro_steps = 0
+        self.micro_steps = 0
 
     def _update(self) -> None:
         if self.settings.max_grad_norm is not None:
