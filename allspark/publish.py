@@ -165,32 +165,32 @@ def write_text(text: str, path: Path) -> None:
 
 
 def write_stac_catalog(
-    region_dir: Path,
+    output_dir: Path,
     item_id: str,
     crs: str,
     bounds: Sequence[float],
-    input_items: Sequence[pystac.Item],
+    time_range: tuple[datetime, datetime],
+    sources: Sequence[tuple[str, str, str]],
     assets: dict[str, pystac.Asset],
     properties: dict,
     model_fields: dict,
 ) -> Path:
-    """Write ``region_dir/catalog.json`` with one item linking the outputs and what made them.
+    """Write ``output_dir/catalog.json`` with one item linking the outputs and what made them.
 
-    The item carries the run config and inputs in ``properties`` and the model in STAC MLM
-    extension fields; ``derived_from`` links point at the source items. Written to a staging
-    folder, then moved into place item first and catalog last.
+    ``sources`` are ``(href, title, media type)`` of the inputs (source STAC items, or files),
+    linked as ``derived_from``; ``time_range`` is the inputs' time span. The item carries the run
+    config and inputs in ``properties`` and the model in STAC MLM extension fields. Written to a
+    staging folder, then moved into place item first and catalog last.
     """
     footprint = box(*transform_bounds(crs, "EPSG:4326", *bounds))
-    starts = [i.common_metadata.start_datetime or i.datetime for i in input_items]
-    ends = [i.common_metadata.end_datetime or i.datetime for i in input_items]
     item = pystac.Item(
         id=item_id,
         geometry=mapping(footprint),
         bbox=list(footprint.bounds),
         datetime=None,
         properties={
-            "start_datetime": min(starts).isoformat(),
-            "end_datetime": max(ends).isoformat(),
+            "start_datetime": time_range[0].isoformat(),
+            "end_datetime": time_range[1].isoformat(),
             "created": datetime.now(timezone.utc).isoformat(),
             "proj:code": crs,
             **properties,
@@ -201,22 +201,101 @@ def write_stac_catalog(
     item.stac_extensions.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
     for key, asset in assets.items():
         item.add_asset(key, asset)
-    for source in input_items:
-        href = source.get_self_href()
-        if href:
-            item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON, title=source.id))
-    catalog = pystac.Catalog(id=f"allspark-{region_dir.name}", description=f"AllSpark outputs for region {region_dir.name}")
+    for href, title, media_type in sources:
+        item.add_link(pystac.Link("derived_from", href, media_type=media_type, title=title))
+    catalog = pystac.Catalog(id=f"allspark-{output_dir.name}", description=f"AllSpark outputs: {output_dir.name}")
     catalog.add_item(item)
-    with tempfile.TemporaryDirectory(dir=region_dir, prefix=".stac-") as staging:
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".stac-") as staging:
         catalog.normalize_hrefs(staging)
         for asset in item.assets.values():
-            asset.href = os.path.relpath(region_dir / asset.href, region_dir / item_id)
+            asset.href = os.path.relpath(output_dir / asset.href, output_dir / item_id)
         catalog.save(pystac.CatalogType.SELF_CONTAINED)
-        item_dir = region_dir / item_id
+        item_dir = output_dir / item_id
         item_dir.mkdir(exist_ok=True)
         os.replace(Path(staging) / item_id / f"{item_id}.json", item_dir / f"{item_id}.json")
-        os.replace(Path(staging) / "catalog.json", region_dir / "catalog.json")
-    return region_dir / "catalog.json"
+        os.replace(Path(staging) / "catalog.json", output_dir / "catalog.json")
+    return output_dir / "catalog.json"
+
+
+def item_sources(items: Sequence[pystac.Item]) -> tuple[tuple[datetime, datetime], list[tuple[str, str, str]]]:
+    """Time span and ``derived_from`` sources of STAC input items."""
+    starts = [i.common_metadata.start_datetime or i.datetime for i in items]
+    ends = [i.common_metadata.end_datetime or i.datetime for i in items]
+    links = [(i.get_self_href(), i.id, pystac.MediaType.JSON) for i in items if i.get_self_href()]
+    return (min(starts), max(ends)), links
+
+
+def copy_checkpoint(checkpoint: Path, model_dir: Path) -> None:
+    """Copy a checkpoint folder's files into the published ``model/`` folder, each atomically."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for file in checkpoint.iterdir():
+        if file.is_file():
+            with atomic_path(model_dir / file.name) as tmp:
+                shutil.copyfile(file, tmp)
+
+
+def publish_table(
+    output_dir: Path,
+    item_id: str,
+    frame: gpd.GeoDataFrame,
+    title: str,
+    time_range: tuple[datetime, datetime],
+    input_files: Sequence[Path],
+    config_yaml: str,
+    config: dict,
+    metrics: dict,
+    checkpoint: Path,
+    model_fields: dict,
+) -> dict[str, str]:
+    """Publish a table of predictions as GeoParquet with its metrics, config, model and STAC catalog.
+
+    The shared last step of the trajectory, sensor and traffic flows. Every file is written to a
+    temporary name and moved into place; the catalog comes last, so it only links complete files.
+    Returns the published paths by name.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    paths = {
+        "predictions": output_dir / "predictions.parquet",
+        "metrics": output_dir / "metrics.json",
+        "config": output_dir / "config.yaml",
+        "model": output_dir / "model",
+    }
+    write_geoparquet(frame, paths["predictions"])
+    write_json(metrics, paths["metrics"])
+    write_text(config_yaml, paths["config"])
+    copy_checkpoint(checkpoint, paths["model"])
+    assets = {
+        "predictions": pystac.Asset("predictions.parquet", title=title,
+                                    media_type="application/vnd.apache.parquet", roles=["data"],
+                                    extra_fields={"table:row_count": len(frame)}),
+        "metrics": pystac.Asset("metrics.json", title="Metrics and run statistics",
+                                media_type=pystac.MediaType.JSON, roles=["metadata"]),
+        "config": pystac.Asset("config.yaml", title="Run configuration", media_type="application/yaml",
+                               roles=["metadata"]),
+        "model": pystac.Asset("model/model.safetensors", title="Fine-tuned weights (trainable parts)",
+                              media_type="application/octet-stream", roles=["mlm:model"],
+                              extra_fields={"mlm:artifact_type": "safetensors"}),
+    }
+    sources = [(path.resolve().as_uri(), path.name, _media_type(path)) for path in input_files]
+    catalog = write_stac_catalog(
+        output_dir,
+        item_id=item_id,
+        crs=frame.crs.to_string(),
+        bounds=frame.total_bounds,
+        time_range=time_range,
+        sources=sources,
+        assets=assets,
+        properties={"allspark:config": config, "allspark:inputs": [str(p) for p in input_files]},
+        model_fields=model_fields,
+    )
+    return {key: str(path) for key, path in {**paths, "catalog": catalog}.items()}
+
+
+def _media_type(path: Path) -> str:
+    return {".csv": "text/csv", ".parquet": "application/vnd.apache.parquet", ".txt": "text/plain",
+            ".json": pystac.MediaType.JSON, ".geojson": pystac.MediaType.GEOJSON}.get(path.suffix.lower(),
+                                                                                       "application/octet-stream")
 
 
 def remove_stale_temporaries(region_dir: Path) -> None:

@@ -327,11 +327,7 @@ def publish_region(
         metrics["holdout_accuracy"] = metrics["fine_tuning"]["holdout"]["overall_accuracy"]
     publish.write_json(metrics, paths["metrics"])
     publish.write_text(config.to_yaml(), paths["config"])
-    model_dir = paths["model"]
-    model_dir.mkdir(exist_ok=True)
-    for file in checkpoint_path.iterdir():
-        with publish.atomic_path(model_dir / file.name) as tmp:
-            shutil.copyfile(file, tmp)
+    publish.copy_checkpoint(checkpoint_path, paths["model"])
 
     model = load_predictor(checkpoint).model
     assets = {
@@ -377,12 +373,14 @@ def publish_region(
             "classification:classes": [{"value": i + 1, "name": n} for i, n in enumerate(config.class_names)],
         }],
     }
+    time_range, sources = publish.item_sources(plan.pystac_items())
     catalog = publish.write_stac_catalog(
         out,
         item_id=f"{config.name}-landcover",
         crs=attrs["crs"],
         bounds=_raster_bounds(attrs),
-        input_items=plan.pystac_items(),
+        time_range=time_range,
+        sources=sources,
         assets=assets,
         properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": item_ids},
         model_fields=model_fields,
