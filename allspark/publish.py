@@ -234,6 +234,19 @@ def copy_checkpoint(checkpoint: Path, model_dir: Path) -> None:
                 shutil.copyfile(file, tmp)
 
 
+def run_assets(metrics_title: str) -> dict[str, pystac.Asset]:
+    """STAC assets of what every published run carries: metrics.json, config.yaml and the model."""
+    return {
+        "metrics": pystac.Asset("metrics.json", title=metrics_title, media_type=pystac.MediaType.JSON,
+                                roles=["metadata"]),
+        "config": pystac.Asset("config.yaml", title="Run configuration", media_type="application/yaml",
+                               roles=["metadata"]),
+        "model": pystac.Asset("model/model.safetensors", title="Fine-tuned weights (trainable parts)",
+                              media_type="application/octet-stream", roles=["mlm:model"],
+                              extra_fields={"mlm:artifact_type": "safetensors"}),
+    }
+
+
 def publish_table(
     output_dir: Path,
     item_id: str,
@@ -269,13 +282,7 @@ def publish_table(
         "predictions": pystac.Asset("predictions.parquet", title=title,
                                     media_type="application/vnd.apache.parquet", roles=["data"],
                                     extra_fields={"table:row_count": len(frame)}),
-        "metrics": pystac.Asset("metrics.json", title="Metrics and run statistics",
-                                media_type=pystac.MediaType.JSON, roles=["metadata"]),
-        "config": pystac.Asset("config.yaml", title="Run configuration", media_type="application/yaml",
-                               roles=["metadata"]),
-        "model": pystac.Asset("model/model.safetensors", title="Fine-tuned weights (trainable parts)",
-                              media_type="application/octet-stream", roles=["mlm:model"],
-                              extra_fields={"mlm:artifact_type": "safetensors"}),
+        **run_assets("Metrics and run statistics"),
     }
     sources = [(path.resolve().as_uri(), path.name, _media_type(path)) for path in input_files]
     catalog = write_stac_catalog(

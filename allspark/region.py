@@ -340,13 +340,7 @@ def publish_region(
                               media_type="application/vnd.apache.parquet", roles=["data"]),
         "quicklook": pystac.Asset("quicklook.png", title="Quicklook with legend", media_type=pystac.MediaType.PNG,
                                   roles=["overview"]),
-        "metrics": pystac.Asset("metrics.json", title="Held-out accuracy and run statistics",
-                                media_type=pystac.MediaType.JSON, roles=["metadata"]),
-        "config": pystac.Asset("config.yaml", title="Run configuration", media_type="application/yaml",
-                               roles=["metadata"]),
-        "model": pystac.Asset("model/model.safetensors", title="Fine-tuned weights (trainable parts)",
-                              media_type="application/octet-stream", roles=["mlm:model"],
-                              extra_fields={"mlm:artifact_type": "safetensors"}),
+        **publish.run_assets("Held-out accuracy and run statistics"),
     }
     model_fields = {
         "mlm:name": f"allspark-msi-{config.name}",
