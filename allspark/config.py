@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,6 +34,28 @@ class StrictModel(BaseModel):
 
 class ConfigError(ValueError):
     """A run configuration that cannot be used; the message names the file and the key."""
+
+
+class RunConfig(StrictModel):
+    """Base of every flow's run config: a fingerprint of what changes the outputs, and YAML to publish.
+
+    ``kind`` names the flow in error messages; ``runtime_fields`` say where and how a run happens
+    without changing what it computes, so they stay out of the fingerprint (and the work folder name).
+    """
+
+    kind: ClassVar[str] = "run"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes the outputs (not where they are written)."""
+        payload = self.model_dump(mode="json", exclude=set(self.runtime_fields))
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+Config = TypeVar("Config", bound=RunConfig)
 
 
 class ChipConfig(StrictModel):
@@ -112,8 +134,11 @@ class RegionModelConfig(BaseModel):
         )
 
 
-class RegionConfig(StrictModel):
+class RegionConfig(RunConfig):
     """Everything one run of the region flow needs; the defaults are the embedded demo."""
+
+    kind: ClassVar[str] = "region"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir", "dask_address", "n_workers"})
 
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     catalog: str = Field("demo", description="A name under catalogs/ or a path to a catalog YAML.")
@@ -150,17 +175,9 @@ class RegionConfig(StrictModel):
         """Where this region's published outputs live."""
         return self.output_dir / self.name
 
-    def fingerprint(self) -> str:
-        """A short hash of everything that changes the outputs (not where they are written)."""
-        payload = self.model_dump(mode="json", exclude={"output_dir", "dask_address", "n_workers"})
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-def load_region_config(path: str | Path | None = None, **overrides: object) -> RegionConfig:
-    """Read a region config from YAML (or the defaults), apply overrides, validate.
+def load_config(config_class: type[Config], path: str | Path | None = None, **overrides: object) -> Config:
+    """Read a run config from YAML (or the defaults), apply overrides that are not None, validate.
 
     Errors name the file and the offending keys, e.g. an unknown key from a typo.
     """
@@ -178,9 +195,14 @@ def load_region_config(path: str | Path | None = None, **overrides: object) -> R
             raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return RegionConfig.model_validate(data)
+        return config_class.model_validate(data)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
         )
-        raise ConfigError(f"invalid region config ({source}): {problems}") from None
+        raise ConfigError(f"invalid {config_class.kind} config ({source}): {problems}") from None
+
+
+def load_region_config(path: str | Path | None = None, **overrides: object) -> RegionConfig:
+    """The region flow's config: see :func:`load_config`."""
+    return load_config(RegionConfig, path, **overrides)
