@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyproj  # noqa: E402
 import pystac  # noqa: E402
 import rasterio  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
@@ -182,17 +183,20 @@ def write_stac_catalog(
     config and inputs in ``properties`` and the model in STAC MLM extension fields. Written to a
     staging folder, then moved into place item first and catalog last.
     """
-    footprint = box(*transform_bounds(crs, "EPSG:4326", *bounds))
+    # A local scene CRS (e.g. pedestrian coordinates with no map origin) has no place on Earth:
+    # STAC allows a null geometry, and the CRS is recorded as WKT2.
+    local = pyproj.CRS(crs).is_engineering
+    footprint = None if local else box(*transform_bounds(crs, "EPSG:4326", *bounds))
     item = pystac.Item(
         id=item_id,
-        geometry=mapping(footprint),
-        bbox=list(footprint.bounds),
+        geometry=None if local else mapping(footprint),
+        bbox=None if local else list(footprint.bounds),
         datetime=None,
         properties={
             "start_datetime": time_range[0].isoformat(),
             "end_datetime": time_range[1].isoformat(),
             "created": datetime.now(timezone.utc).isoformat(),
-            "proj:code": crs,
+            **({"proj:code": None, "proj:wkt2": pyproj.CRS(crs).to_wkt()} if local else {"proj:code": crs}),
             **properties,
             **model_fields,
         },

@@ -1,0 +1,244 @@
+"""Trajectories: readers and their bad-input errors, windows, metrics, and the flow on a real ETH slice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import pystac
+import pytest
+
+from allspark import trajectories as tr
+from tests.conftest import shared_data
+
+
+def write_eth(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("".join("\t".join(str(v) for v in row) + "\n" for row in rows))
+    return path
+
+
+def config(tmp_path: Path, **overrides) -> tr.TrajectoriesConfig:
+    return tr.TrajectoriesConfig(predict_files=[tmp_path], checkpoint=tmp_path / "ckpt", **overrides)
+
+
+def walker(agent: int, frames: range, start: tuple[float, float], velocity: tuple[float, float]) -> list[tuple]:
+    """ETH rows of an agent walking at constant velocity (metres per step of 10 frames)."""
+    return [(f, float(agent), start[0] + velocity[0] * (f - frames.start) / 10,
+             start[1] + velocity[1] * (f - frames.start) / 10) for f in frames]
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_nan_coordinates_name_the_file_and_row(tmp_path):
+    file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, "nan", 2.5)])
+    with pytest.raises(tr.TrackError, match=r"a\.txt: row 2: missing or NaN coordinates"):
+        tr.read_eth_ucy(file, config(tmp_path))
+
+
+def test_text_in_a_numeric_column_names_the_row_and_column(tmp_path):
+    file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, 1.5, "north")])
+    with pytest.raises(tr.TrackError, match=r"a\.txt: row 2: column 'y' holds 'north', expected a number"):
+        tr.read_eth_ucy(file, config(tmp_path))
+
+
+def test_duplicate_frame_and_agent_is_an_error(tmp_path):
+    file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, 1.5, 2.0), (10, 1, 1.6, 2.1)])
+    with pytest.raises(tr.TrackError, match=r"a\.txt: rows \[2, 3\]: agent '1' appears more than once"):
+        tr.read_eth_ucy(file, config(tmp_path))
+
+
+def test_unsorted_frames_are_sorted_and_counted(tmp_path):
+    rows = walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
+    ordered = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), config(tmp_path)),
+                               config(tmp_path))
+    shuffled_rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    tracks = tr.read_eth_ucy(write_eth(tmp_path / "b.txt", shuffled_rows), config(tmp_path))
+    shuffled = tr.build_windows(tracks, config(tmp_path))
+    assert tracks.rows_out_of_order > 0
+    assert shuffled.counts["rows_out_of_order_sorted"] == tracks.rows_out_of_order
+    np.testing.assert_array_equal(shuffled.observed, ordered.observed)
+    np.testing.assert_array_equal(shuffled.future, ordered.future)
+
+
+def test_frame_off_the_step_grid_is_an_error(tmp_path):
+    file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (15, 1, 1.5, 2.0)])
+    with pytest.raises(tr.TrackError, match=r"row 2: frame 15 is not on the grid of frame_step=10"):
+        tr.read_eth_ucy(file, config(tmp_path))
+
+
+def test_short_tracks_are_skipped_and_counted(tmp_path):
+    rows = (walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
+            + walker(3, range(0, 150, 10), (3, 3), (1, 1)))  # 15 steps < 8 + 12
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), config(tmp_path)),
+                               config(tmp_path))
+    assert windows.counts["short_tracks_skipped"] == 1
+    assert set(windows.agent) == {"1", "2"}
+
+
+def test_a_lone_agent_window_is_skipped_and_counted(tmp_path):
+    file = write_eth(tmp_path / "a.txt", walker(1, range(0, 210, 10), (0, 0), (1, 0)))
+    with pytest.raises(tr.TrackError, match=r"no 8\+12-step windows .*'lone_agent_windows_skipped': 2"):
+        tr.ingest_trajectories(config(tmp_path))
+    assert len(tr.build_windows(tr.read_eth_ucy(file, config(tmp_path)), config(tmp_path, min_agents=1))) == 2
+
+
+def test_missing_table_column_names_the_file_and_columns(tmp_path):
+    file = tmp_path / "tracks.csv"
+    pd.DataFrame({"id": [1], "t": [0.0], "x": [1.0], "y": [2.0]}).to_csv(file, index=False)
+    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path,
+                                columns={"agent": "agent", "time": "t"})
+    with pytest.raises(tr.TrackError, match=r"tracks\.csv: missing column\(s\) \['agent'\]; found"):
+        tr.read_table(file, cfg)
+
+
+def test_text_in_a_table_column_names_the_csv_line(tmp_path):
+    file = tmp_path / "tracks.csv"
+    file.write_text("agent_id,timestamp,x,y\na,0,1.0,2.0\na,0.4,oops,2.0\n")
+    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
+    with pytest.raises(tr.TrackError, match=r"tracks\.csv: row 3: column 'x' holds 'oops'"):
+        tr.read_table(file, cfg)
+
+
+def test_table_times_off_the_step_grid_are_an_error(tmp_path):
+    file = tmp_path / "tracks.csv"
+    file.write_text("agent_id,timestamp,x,y\na,2024-05-01T10:00:00Z,1,2\na,2024-05-01T10:00:00.5Z,1,2\n")
+    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
+    with pytest.raises(tr.TrackError, match=r"row 3: time .* is not on the grid of step_seconds=0.4"):
+        tr.read_table(file, cfg)
+
+
+def test_config_needs_origin_and_crs_together(tmp_path):
+    with pytest.raises(ValueError, match="origin and crs together"):
+        config(tmp_path, origin=(1.0, 2.0))
+
+
+# -- windows, coordinates, metrics -----------------------------------------------------------------
+
+
+def test_windows_on_a_hand_made_scene(tmp_path):
+    """Two walkers seen at 21 steps (2 windows each) and a bystander seen in some observed steps only."""
+    rows = (walker(1, range(100, 310, 10), (0, 0), (1, 0)) + walker(2, range(100, 310, 10), (0, 4), (0, -0.5))
+            + [(120, 3.0, 5.0, 5.0), (130, 3.0, 5.0, 5.0)])
+    cfg = config(tmp_path, max_neighbours=3)
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg), cfg)
+    assert len(windows) == 4 and windows.counts["short_tracks_skipped"] == 1  # the bystander: 2 rows
+    first = np.flatnonzero((windows.agent == "1") & (windows.frame == 170))[0]  # window starting at frame 100
+    np.testing.assert_allclose(windows.observed[first, :, 0], np.arange(-7, 1))
+    np.testing.assert_allclose(windows.observed[first, -1], [0, 0])
+    np.testing.assert_allclose(windows.future[first, :, 0], np.arange(1, 13))
+    np.testing.assert_allclose(windows.now[first], [7, 0])
+    neighbour = windows.neighbours[first, 0]  # walker 2, relative to walker 1's position at frame 170
+    np.testing.assert_allclose(neighbour[-1], [0 - 7, 4 - 0.5 * 7])
+    # the bystander: seen at steps 2 and 3 only; NaN elsewhere; the third slot is padding
+    bystander = windows.neighbours[first, 1]
+    np.testing.assert_allclose(bystander[2:4], [[5 - 7, 5], [5 - 7, 5]])
+    assert np.isnan(bystander[[0, 1, 4, 5, 6, 7]]).all() and np.isnan(windows.neighbours[first, 2]).all()
+
+
+def test_lon_lat_tables_are_projected_to_utm(tmp_path):
+    rows = [{"agent_id": a, "timestamp": t * 0.4, "x": 8.5 + 1e-5 * t, "y": 47.37 + 1e-4 * a}
+            for a in (1, 2) for t in range(20)]
+    file = tmp_path / "gps.parquet"
+    pd.DataFrame(rows).to_parquet(file)
+    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:4326", predict_files=[file], checkpoint=tmp_path)
+    tracks = tr.read_table(file, cfg)
+    crs = tr.model_crs(cfg, [tracks])
+    assert crs.to_epsg() == 32632  # UTM 32N over Zurich
+    tr.to_model_crs(tracks, cfg, crs)
+    windows = tr.build_windows(tracks, cfg)
+    assert len(windows) == 2
+    np.testing.assert_allclose(windows.future[0, 0, 0], 1e-5 * 111_320 * np.cos(np.radians(47.37)), rtol=0.01)
+
+
+def test_ade_fde_on_a_known_case():
+    truth = np.zeros((1, 3, 2))
+    truth[0, :, 0] = [1, 2, 3]
+    futures = np.stack([truth[0] + [0, 2], truth[0] + [[0, 0], [0, 0], [0, 1]]])[None]  # K=2, most likely first
+    errors = tr.displacement_errors(futures, truth)
+    assert errors["ade"][0] == pytest.approx(2) and errors["fde"][0] == pytest.approx(2)
+    assert errors["min_ade"][0] == pytest.approx(1 / 3) and errors["min_fde"][0] == pytest.approx(1)
+    observed = np.array([[[-1.0, 0], [0, 0]]])
+    np.testing.assert_allclose(tr.constant_velocity(observed, 3)[0, 0], truth[0])
+
+
+def test_local_engineering_crs_frame_opens(tmp_path):
+    """Without origin and crs the GeoParquet is in a local metric CRS that readers still open."""
+    rows = walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
+    cfg = config(tmp_path)
+    tracks = tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg)
+    windows = tr.build_windows(tracks, cfg)
+    futures = np.repeat(windows.future[:, None], 3, axis=1)
+    attrs = {"files": [str(tracks.file)], "frames_per_step": [10], "time_origins": [None], "step_seconds": 0.4,
+             "crs": tr.model_crs(cfg, [tracks]).to_wkt()}
+    frame = tr.prediction_frame(windows, attrs, futures, np.full((2, 3), 1 / 3),
+                                tr.displacement_errors(futures, windows.future))
+    frame.to_parquet(tmp_path / "p.parquet")
+    back = gpd.read_parquet(tmp_path / "p.parquet")
+    assert back.crs.is_engineering and back.crs.axis_info[0].unit_name == "metre"
+    assert np.allclose(back["time_now"], 2.8) and back["ade"].tolist() == [0, 0]
+
+
+# -- the flow on a real ETH slice ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eth_slice(tmp_path_factory) -> dict[str, Path]:
+    """The first 300 rows of the real eth test file and of one training file (leave-one-out split)."""
+    source = shared_data("eth_ucy", "eth")
+    folder = tmp_path_factory.mktemp("eth_slice")
+    files = {}
+    for split, name in (("test", "biwi_eth.txt"), ("train", "crowds_zara01_train.txt")):
+        lines = (source / split / name).read_text().splitlines()[:300]
+        files[split] = folder / split / name
+        files[split].parent.mkdir()
+        files[split].write_text("\n".join(lines) + "\n")
+    return files
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_cache(eth_slice, tmp_path, language_model):
+    from flows.trajectories import run_trajectories
+
+    cfg = tr.TrajectoriesConfig(
+        name="eth-slice", train_files=[eth_slice["train"]], predict_files=[eth_slice["test"]],
+        origin=(2683600.0, 1248000.0), crs="EPSG:2056", start_time="2009-01-01T12:00:00Z",
+        model={"llm_layers": 1, "modes": 4, "num_queries": 4},
+        train={"epochs": 1, "batch_size": 16, "max_windows": 32}, output_dir=tmp_path,
+    )
+    outputs = run_trajectories(cfg)
+    frame = gpd.read_parquet(outputs["predictions"])
+    assert len(frame) == 4 and frame.crs == pyproj.CRS("EPSG:2056")
+    assert set(frame.geom_type) == {"LineString"} and set(frame["futures"].geom_type) == {"MultiLineString"}
+    assert all(len(m.geoms) == 4 for m in frame["futures"])
+    assert {"agent_id", "time_now", "future_times", "probabilities", "ade", "fde", "min_ade", "min_fde"} <= set(frame)
+    assert frame["time_now"].dt.year.eq(2009).all()
+    assert np.allclose([sum(p) for p in frame["probabilities"]], 1, atol=1e-4)
+    x, y = frame.geometry.iloc[0].coords[-1]
+    assert 2683600 < x < 2683700 and 1248000 < y < 1248100  # origin + local metres
+    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    assert metrics["windows_published"] == 4 and metrics["counts"]["predict"]["short_tracks_skipped"] == 17
+    assert metrics["fine_tuning"]["training_windows"] == 32 and metrics["allspark"]["min_ade"] <= metrics["allspark"]["ade"]
+    catalog = pystac.Catalog.from_file(outputs["catalog"])
+    items = list(catalog.get_items())
+    assert len(items) == 1 and [link.title for link in items[0].get_links("derived_from")] == ["biwi_eth.txt"]
+    for asset in items[0].assets.values():
+        assert Path(asset.get_absolute_href()).exists()
+
+    trained = (tr.work_dir(cfg) / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    again = run_trajectories(cfg)
+    assert (tr.work_dir(cfg) / "checkpoint" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
+    assert again["metrics_summary"]["allspark"] == metrics["allspark"]
+
+    # the trained checkpoint, without origin and crs: published in the local engineering CRS
+    local = cfg.model_copy(update={"name": "eth-slice-local", "origin": None, "crs": None, "train": None,
+                                   "checkpoint": tr.work_dir(cfg) / "checkpoint"})
+    outputs = run_trajectories(local)
+    frame = gpd.read_parquet(outputs["predictions"])
+    assert len(frame) == 4 and frame.crs.is_engineering
+    item = next(pystac.Catalog.from_file(outputs["catalog"]).get_items())
+    assert item.geometry is None and item.bbox is None  # no place on Earth, said so
