@@ -56,3 +56,18 @@ def language_model():
     from allspark.model import load_language_model
 
     return load_language_model("smollm2", num_layers=TEST_LLM_LAYERS)
+
+
+def task_states(flow_state) -> dict[str, list[str]]:
+    """Task-run state names of a flow run, by task name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+        )
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
+    return states

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import shared_data
+from tests.conftest import shared_data, task_states
 from tests.regions import quick_config, small_catalog
 
 
@@ -30,21 +30,6 @@ def first_run(catalog, tmp_path_factory, prefect_server):
     config = quick_config(catalog, tmp_path_factory.mktemp("outputs"))
     state = region_flow.with_options(task_runner=task_runner(config))(config, return_state=True)
     return config, state, state.result()
-
-
-def task_states(flow_state) -> dict[str, list[str]]:
-    """Task-run state names of a flow run, by task name."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
-        )
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
-    return states
 
 
 def test_outputs_are_complete_and_valid(first_run):
