@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from allspark.model.llm import SMOLLM2
+from allspark.paths import cache_dir
 
 LANDSAT7_NC_CLASSES = [
     "developed",
@@ -45,6 +46,7 @@ class RunConfig(StrictModel):
 
     kind: ClassVar[str] = "run"
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the output folder and the work folder")
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the outputs (not where they are written)."""
@@ -53,6 +55,10 @@ class RunConfig(StrictModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def work_dir(self) -> Path:
+        """Intermediate stores of this config (reused by reruns, resumable); outside the output folder."""
+        return cache_dir() / "work" / f"{self.name}-{self.fingerprint()}"
 
 
 Config = TypeVar("Config", bound=RunConfig)

@@ -37,7 +37,6 @@ from allspark.inference import checkpoint_digest, load_predictor, save_predictor
 from allspark.loading import check_readable, load_stack, no_data_error
 from allspark.model.model import AllSpark
 from allspark.model.training import seed_everything
-from allspark.paths import cache_dir
 from allspark.stac import BandSpec, CatalogConfig, load_aoi, load_catalog_config, resolve_bands, search_items
 
 
@@ -52,11 +51,6 @@ class RegionPlan(BaseModel):
 
     def pystac_items(self) -> list[pystac.Item]:
         return [pystac.Item.from_dict(d) for d in self.items]
-
-
-def work_dir(config: RegionConfig) -> Path:
-    """Intermediate stores of this config (chips, checkpoints, predictions), resumable."""
-    return cache_dir() / "work" / f"{config.name}-{config.fingerprint()}"
 
 
 def plan_region(config: RegionConfig) -> RegionPlan:
@@ -95,7 +89,7 @@ def tile_region(config: RegionConfig, plan: RegionPlan) -> dict:
     """
     raster = open_raster(config, plan)
     grid = ChipGrid.over(raster, config.chips.size, config.chips.overlap)
-    store = work_dir(config) / "chips.zarr"
+    store = config.work_dir() / "chips.zarr"
     store.parent.mkdir(parents=True, exist_ok=True)
     counts = write_chips(raster, grid, store, config.chips.batch)
     if counts["valid_chips"] == 0:
@@ -149,7 +143,7 @@ def train_region(config: RegionConfig, plan: RegionPlan, log=print) -> dict:
         seed=config.seed,
         log=log,
     )
-    directory = work_dir(config) / "checkpoint"
+    directory = config.work_dir() / "checkpoint"
     partial = directory.with_name("checkpoint.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -172,7 +166,7 @@ def prediction_store(config: RegionConfig, chips_store: str, checkpoint: str) ->
     rerun after a crash skips the chunks marked done and redoes the rest.
     """
     chips = open_chips(Path(chips_store))
-    store = work_dir(config) / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
+    store = config.work_dir() / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
     if store.exists():
         return str(store)
     n, batch, size, classes = chips.sizes["chip"], config.chips.batch, chips.attrs["chip_size"], config.model.num_classes

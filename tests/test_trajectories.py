@@ -229,14 +229,14 @@ def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_cache(eth_sli
     for asset in items[0].assets.values():
         assert Path(asset.get_absolute_href()).exists()
 
-    trained = (tr.work_dir(cfg) / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    trained = (cfg.work_dir() / "checkpoint" / "model.safetensors").stat().st_mtime_ns
     again = run_trajectories(cfg)
-    assert (tr.work_dir(cfg) / "checkpoint" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
+    assert (cfg.work_dir() / "checkpoint" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
     assert again["metrics_summary"]["allspark"] == metrics["allspark"]
 
     # the trained checkpoint, without origin and crs: published in the local engineering CRS
     local = cfg.model_copy(update={"name": "eth-slice-local", "origin": None, "crs": None, "train": None,
-                                   "checkpoint": tr.work_dir(cfg) / "checkpoint"})
+                                   "checkpoint": cfg.work_dir() / "checkpoint"})
     outputs = run_trajectories(local)
     frame = gpd.read_parquet(outputs["predictions"])
     assert len(frame) == 4 and frame.crs.is_engineering
