@@ -238,6 +238,29 @@ def copy_checkpoint(checkpoint: Path, model_dir: Path) -> None:
                 shutil.copyfile(file, tmp)
 
 
+def mlm_fields(model, architecture: str, tasks: list[str], inputs: list[dict], outputs: list[dict]) -> dict:
+    """STAC MLM extension fields of a fine-tuned :class:`allspark.model.AllSpark` model.
+
+    ``inputs`` and ``outputs`` are the MLM input and output objects (shapes, dimension order),
+    which only the flow knows; the rest comes from the model.
+    """
+    import torch  # the model is a torch module already; keep publishing light to import
+
+    return {
+        "mlm:name": f"allspark-{model.config.modality}",
+        "mlm:architecture": architecture,
+        "mlm:tasks": tasks,
+        "mlm:framework": "pytorch",
+        "mlm:framework_version": torch.__version__.split("+")[0],
+        "mlm:pretrained": True,
+        "mlm:pretrained_source": model.config.llm,
+        "mlm:total_parameters": sum(p.numel() for p in model.parameters()),
+        "mlm:accelerator": "cuda" if model.device.type == "cuda" else "amd64",
+        "mlm:input": inputs,
+        "mlm:output": outputs,
+    }
+
+
 def run_assets(metrics_title: str) -> dict[str, pystac.Asset]:
     """STAC assets of what every published run carries: metrics.json, config.yaml and the model."""
     return {

@@ -21,7 +21,6 @@ import numpy as np
 import pystac
 import rasterio
 import rioxarray
-import torch
 import xarray as xr
 import zarr
 from pydantic import BaseModel, ConfigDict
@@ -336,31 +335,25 @@ def publish_region(
                                   roles=["overview"]),
         **publish.run_assets("Held-out accuracy and run statistics"),
     }
-    model_fields = {
-        "mlm:name": f"allspark-msi-{config.name}",
-        "mlm:architecture": "AllSpark multispectral: DOFA wavelength-conditioned stem, Lynx resampler bridge, "
-                            "frozen causal LM with bottleneck adapters, linear per-pixel head",
-        "mlm:tasks": ["semantic-segmentation"],
-        "mlm:framework": "pytorch",
-        "mlm:framework_version": torch.__version__.split("+")[0],
-        "mlm:pretrained": True,
-        "mlm:pretrained_source": config.model.llm,
-        "mlm:total_parameters": sum(p.numel() for p in model.parameters()),
-        "mlm:accelerator": "cuda" if model.device.type == "cuda" else "amd64",
-        "mlm:input": [{
+    model_fields = publish.mlm_fields(
+        model,
+        architecture="AllSpark multispectral: DOFA wavelength-conditioned stem, Lynx resampler bridge, "
+                     "frozen causal LM with bottleneck adapters, linear per-pixel head",
+        tasks=["semantic-segmentation"],
+        inputs=[{
             "name": "multispectral chip",
             "bands": config.bands,
             "input": {"shape": [-1, len(config.bands), size, size], "dim_order": ["batch", "bands", "height", "width"],
                       "data_type": "float32"},
         }],
-        "mlm:output": [{
+        outputs=[{
             "name": "land cover",
             "tasks": ["semantic-segmentation"],
             "result": {"shape": [-1, len(config.class_names), size, size],
                        "dim_order": ["batch", "channel", "height", "width"], "data_type": "float32"},
             "classification:classes": [{"value": i + 1, "name": n} for i, n in enumerate(config.class_names)],
         }],
-    }
+    )
     time_range, sources = publish.item_sources(plan.pystac_items())
     catalog = publish.write_stac_catalog(
         out,

@@ -564,18 +564,12 @@ def publish_sensors(config: SensorsConfig, ingested: dict, trained: dict, predic
         },
     }
     model, _ = load_table_model(trained["checkpoint"])
-    model_fields = {
-        "mlm:name": f"allspark-table-{config.name}",
-        "mlm:architecture": "AllSpark table: TabFormer-style column encoder, Lynx resampler bridge, frozen causal LM "
-                            "with bottleneck adapters, linear regression head",
-        "mlm:tasks": ["regression"],
-        "mlm:framework": "pytorch",
-        "mlm:framework_version": torch.__version__.split("+")[0],
-        "mlm:pretrained": True,
-        "mlm:pretrained_source": config.model.llm,
-        "mlm:total_parameters": sum(p.numel() for p in model.parameters()),
-        "mlm:accelerator": "cuda" if model.device.type == "cuda" else "amd64",
-        "mlm:input": [{
+    model_fields = publish.mlm_fields(
+        model,
+        architecture="AllSpark table: TabFormer-style column encoder, Lynx resampler bridge, frozen causal LM "
+                     "with bottleneck adapters, linear regression head",
+        tasks=["regression"],
+        inputs=[{
             "name": "station-hour row",
             "bands": [],
             "input": {"shape": [-1, len(CONTINUOUS_FEATURES) + len(CATEGORICAL_FEATURES)],
@@ -583,12 +577,12 @@ def publish_sensors(config: SensorsConfig, ingested: dict, trained: dict, predic
             "description": f"continuous {list(CONTINUOUS_FEATURES)} standardised; categorical "
                            f"{list(CATEGORICAL_FEATURES)}",
         }],
-        "mlm:output": [{
+        outputs=[{
             "name": "PM2.5",
             "tasks": ["regression"],
             "result": {"shape": [-1, 1], "dim_order": ["batch", "value"], "data_type": "float32"},
         }],
-    }
+    )
     stamps = frame["timestamp"]
     outputs = publish.publish_table(
         config.output_path,

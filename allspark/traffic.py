@@ -663,30 +663,24 @@ def publish_traffic(config: TrafficConfig, ingested: dict, checkpoint: str, infe
     }
     model, _ = load_traffic_model(checkpoint)
     sensors, horizon = len(graph["sensor"]), config.horizon
-    model_fields = {
-        "mlm:name": f"allspark-graph-{config.name}",
-        "mlm:architecture": "AllSpark graph: STAEformer-style spatio-temporal encoder, Lynx resampler bridge, "
-                            "frozen causal LM with bottleneck adapters, linear per-sensor head",
-        "mlm:tasks": ["regression"],
-        "mlm:framework": "pytorch",
-        "mlm:framework_version": torch.__version__.split("+")[0],
-        "mlm:pretrained": True,
-        "mlm:pretrained_source": config.model.llm,
-        "mlm:total_parameters": sum(p.numel() for p in model.parameters()),
-        "mlm:accelerator": "cuda" if model.device.type == "cuda" else "amd64",
-        "mlm:input": [{
+    model_fields = publish.mlm_fields(
+        model,
+        architecture="AllSpark graph: STAEformer-style spatio-temporal encoder, Lynx resampler bridge, "
+                     "frozen causal LM with bottleneck adapters, linear per-sensor head",
+        tasks=["regression"],
+        inputs=[{
             "name": "sensor speeds",
             "bands": [],
             "input": {"shape": [-1, config.input_steps, sensors, 1], "dim_order": ["batch", "time", "nodes", "features"],
                       "data_type": "float32"},
         }],
-        "mlm:output": [{
+        outputs=[{
             "name": "speed change from the last observed speed (mph)" if config.model.predict_change
                     else "speed forecast (mph)",
             "tasks": ["regression"],
             "result": {"shape": [-1, sensors, horizon], "dim_order": ["batch", "nodes", "time"], "data_type": "float32"},
         }],
-    }
+    )
     first = config.start
     last = first + timedelta(minutes=config.step_minutes * (graph.sizes["time"] - 1))
     outputs = publish.publish_table(

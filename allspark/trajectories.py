@@ -689,23 +689,21 @@ def publish_trajectories(config: TrajectoriesConfig, ingest: dict, checkpoint: s
     else:  # times are seconds from frame 0 with no date: the STAC item still needs a range
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         time_range = (epoch + timedelta(seconds=min(all_times)), epoch + timedelta(seconds=max(all_times)))
-    model = json.loads((Path(checkpoint) / "config.json").read_text())["config"]
-    model_fields = {
-        "mlm:name": f"allspark-trajectory-{config.name}",
-        "mlm:architecture": "AllSpark trajectory: TUTR-style step and neighbour encoder, Lynx resampler bridge, "
-                            "frozen causal LM with bottleneck adapters, K-future head",
-        "mlm:tasks": ["regression"],
-        "mlm:framework": "pytorch",
-        "mlm:framework_version": torch.__version__.split("+")[0],
-        "mlm:pretrained": True,
-        "mlm:pretrained_source": model["llm"],
-        "mlm:input": [{"name": "observed path and neighbours",
-                       "input": {"shape": [-1, config.observed_steps, 2], "dim_order": ["batch", "time", "xy"],
-                                 "data_type": "float32"}}],
-        "mlm:output": [{"name": "candidate futures", "tasks": ["regression"],
-                        "result": {"shape": [-1, model["head"]["modes"], config.future_steps, 2],
-                                   "dim_order": ["batch", "mode", "time", "xy"], "data_type": "float32"}}],
-    }
+    from allspark.model import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    model_fields = publish.mlm_fields(
+        model,
+        architecture="AllSpark trajectory: TUTR-style step and neighbour encoder, Lynx resampler bridge, "
+                     "frozen causal LM with bottleneck adapters, K-future head",
+        tasks=["regression"],
+        inputs=[{"name": "observed path and neighbours",
+                 "input": {"shape": [-1, config.observed_steps, 2], "dim_order": ["batch", "time", "xy"],
+                           "data_type": "float32"}}],
+        outputs=[{"name": "candidate futures", "tasks": ["regression"],
+                  "result": {"shape": [-1, model.config.head.modes, config.future_steps, 2],
+                             "dim_order": ["batch", "mode", "time", "xy"], "data_type": "float32"}}],
+    )
     paths = publish.publish_table(
         config.run_dir, item_id=f"{config.name}-trajectories", frame=frame,
         title="Observed paths and K predicted futures per agent and window", time_range=time_range,
