@@ -16,8 +16,11 @@ task each):
   NaN where not seen, as :mod:`allspark.model.encoders.trajectory` expects. Tracks shorter than a
   window are skipped and counted.
 - **Fine-tune** (:func:`fine_tune_trajectories`): the AllSpark trajectory modality with K
-  candidate futures; targets are future positions relative to the last observed one; the head's
-  target scaling is fitted on the training targets; scenes are randomly rotated in training.
+  candidate futures; targets are future positions relative to the last observed one, minus the
+  constant-velocity extrapolation by default (``model.predict_residual``: the model learns how
+  people deviate from walking straight on, a strong prior on a small training budget; off, it
+  learns the positions themselves, as TUTR does); the head's target scaling is fitted on the
+  training targets; scenes are randomly rotated in training.
 - **Infer, score, publish**: K futures and their probabilities per window; ADE/FDE of the most
   likely future and best-of-K; a GeoParquet with one row per agent and window.
 
@@ -59,6 +62,7 @@ LOCAL_CRS_WKT = (
     'AXIS["northing (y)",north,ORDER[2],LENGTHUNIT["metre",1]]]'
 )
 TABLE_SUFFIXES = {".csv", ".parquet"}
+TARGET_FILE = "target.json"  # in a checkpoint: what its futures are relative to
 WINDOW_RULE = (
     "windows of observed+future consecutive steps on each file's time grid; focal agents are seen at every "
     "step; a window is kept when it has at least min_agents focal agents (2 = Social-GAN's 'more than one "
@@ -86,6 +90,7 @@ class TrajectoryModelConfig(StrictModel):
     bridge_depth: int = Field(2, ge=1)
     adapter_every: int = Field(2, ge=0)
     modes: int = Field(20, ge=1, description="candidate futures K")
+    predict_residual: bool = Field(True, description="learn the offset from the constant-velocity extrapolation")
     prompt: str | None = Field(None, min_length=1)
 
     def allspark_config(self, horizon: int):
@@ -526,8 +531,8 @@ def fine_tune_trajectories(config: TrajectoriesConfig, train_store: str, log=pri
     if settings.max_windows and settings.max_windows < available:
         chosen = np.sort(np.random.default_rng(config.seed).choice(available, settings.max_windows, replace=False))
     model = AllSpark(config.model.allspark_config(config.future_steps))
-    targets = torch.from_numpy(windows.future[chosen])
-    model.head.scaling.fit(targets)
+    residual = config.model.predict_residual
+    model.head.scaling.fit(training_targets(windows, chosen, residual))
     batches = math.ceil(len(chosen) / settings.batch_size)
     trainer = Trainer(model, TrainingSettings(
         learning_rate=settings.learning_rate, epochs=settings.epochs, warmup_epochs=settings.warmup_epochs,
@@ -538,7 +543,7 @@ def fine_tune_trajectories(config: TrajectoriesConfig, train_store: str, log=pri
         total = 0.0
         for b in range(batches):
             index = order[b * settings.batch_size : (b + 1) * settings.batch_size]
-            inputs, target = model_inputs(windows, index), torch.from_numpy(windows.future[index])
+            inputs, target = model_inputs(windows, index), training_targets(windows, index, residual)
             if settings.rotate:
                 inputs, target = rotate(inputs, target, generator)
             total += trainer.step(inputs, target) * len(index)
@@ -552,32 +557,48 @@ def fine_tune_trajectories(config: TrajectoriesConfig, train_store: str, log=pri
     partial = directory.with_name("checkpoint.partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_checkpoint(model, partial)
+    (partial / TARGET_FILE).write_text(json.dumps({"residual_to_constant_velocity": residual}))
     (partial / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
     return {"checkpoint": str(directory), "metrics": metrics}
 
 
-def predict_windows(model, windows: Windows, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def training_targets(windows: Windows, index: np.ndarray, residual: bool) -> torch.Tensor:
+    """What the head learns: future positions relative to the last observed one, minus the
+    constant-velocity extrapolation when ``residual``. Rotations commute with both."""
+    future = windows.future[index]
+    if residual:
+        future = future - constant_velocity(windows.observed[index], future.shape[1])[:, 0]
+    return torch.from_numpy(np.ascontiguousarray(future, dtype="float32"))
+
+
+def predict_windows(checkpoint: str | Path, windows: Windows, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """K futures ``(W, K, T, 2)`` (relative metres, most likely first) and probabilities ``(W, K)``."""
+    from allspark.model import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    target = json.loads((Path(checkpoint) / TARGET_FILE).read_text())
     futures, probabilities = [], []
     for start in range(0, len(windows), batch_size):
         out = model.predict(model_inputs(windows, slice(start, start + batch_size)))
         futures.append(out["futures"].cpu().numpy())
         probabilities.append(out["probabilities"].cpu().numpy())
-    return np.concatenate(futures), np.concatenate(probabilities)
+    futures = np.concatenate(futures)
+    if target["residual_to_constant_velocity"]:
+        futures = futures + constant_velocity(windows.observed, futures.shape[2])
+    return futures, np.concatenate(probabilities)
 
 
 def infer_trajectories(config: TrajectoriesConfig, predict_store: str, checkpoint: str) -> str:
     """Predict every window into ``<work>/predictions-<checkpoint digest>.zarr`` (reused when present)."""
     from allspark.inference import checkpoint_digest
-    from allspark.model import load_checkpoint
 
     store = config.work_dir() / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
     if store.exists():
         return str(store)
     windows, _ = read_windows(predict_store)
-    futures, probabilities = predict_windows(load_checkpoint(checkpoint), windows, config.inference_batch)
+    futures, probabilities = predict_windows(checkpoint, windows, config.inference_batch)
     partial = store.with_name(store.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     group = zarr.open_group(partial, mode="w", zarr_format=3)

@@ -140,6 +140,16 @@ def test_windows_on_a_hand_made_scene(tmp_path):
     assert np.isnan(bystander[[0, 1, 4, 5, 6, 7]]).all() and np.isnan(windows.neighbours[first, 2]).all()
 
 
+def test_residual_targets_are_the_offset_from_walking_straight_on(tmp_path):
+    """Walkers at constant velocity: the residual target is zero, the position target is not."""
+    rows = walker(1, range(100, 310, 10), (0, 0), (1, 0)) + walker(2, range(100, 310, 10), (0, 4), (0, -0.5))
+    cfg = config(tmp_path)
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg), cfg)
+    everything = np.arange(len(windows))
+    assert float(tr.training_targets(windows, everything, residual=True).abs().max()) == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(tr.training_targets(windows, everything, residual=False).numpy(), windows.future)
+
+
 def test_lon_lat_tables_are_projected_to_utm(tmp_path):
     rows = [{"agent_id": a, "timestamp": t * 0.4, "x": 8.5 + 1e-5 * t, "y": 47.37 + 1e-4 * a}
             for a in (1, 2) for t in range(20)]
