@@ -47,6 +47,8 @@ class RunConfig(StrictModel):
     kind: ClassVar[str] = "run"
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="names the output folder and the work folder")
+    output_dir: Path = Field(Path("outputs"), description="published outputs go to output_dir/name")
+    seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the outputs (not where they are written)."""
@@ -160,10 +162,8 @@ class RegionConfig(RunConfig):
     train: TrainConfig | None = Field(default_factory=TrainConfig)
     checkpoint: Path | None = Field(None, description="Use this checkpoint instead of fine-tuning.")
     inference_batch: int = Field(32, ge=1)
-    output_dir: Path = Path("outputs")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
-    seed: int = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> "RegionConfig":

@@ -132,8 +132,6 @@ class SensorsConfig(RunConfig):
     model: SensorModelConfig = Field(default_factory=SensorModelConfig)
     train: SensorTrainConfig = Field(default_factory=SensorTrainConfig)
     inference_batch: int = Field(256, ge=1)
-    output_dir: Path = Path("outputs")
-    seed: int = 0
 
     @property
     def output_path(self) -> Path:

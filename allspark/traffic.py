@@ -163,8 +163,6 @@ class TrafficConfig(RunConfig):
     train: TrafficTrainConfig | None = Field(default_factory=TrafficTrainConfig)
     checkpoint: Path | None = Field(None, description="use this checkpoint instead of fine-tuning")
     inference_batch: int = Field(32, ge=1)
-    output_dir: Path = Path("outputs")
-    seed: int = 0
 
     @field_validator("start")
     @classmethod

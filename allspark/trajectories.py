@@ -144,8 +144,6 @@ class TrajectoriesConfig(RunConfig):
     train: TrajectoryTrainConfig | None = Field(default_factory=TrajectoryTrainConfig)
     checkpoint: Path | None = Field(None, description="use this checkpoint instead of fine-tuning")
     inference_batch: int = Field(64, ge=1)
-    output_dir: Path = Path("outputs")
-    seed: int = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> TrajectoriesConfig:
