@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig
+from allspark.model.encoders.base import AttentionEncoderConfig
 from allspark.model.layers import TransformerTrunk, sincos_position_embedding_2d
 
 VIT_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -33,7 +33,7 @@ VIT_PRESETS: dict[str, tuple[int, int, int]] = {
 _SIZE_FIELDS = ("width", "depth", "heads")
 
 
-class ViTConfig(EncoderConfig):
+class ViTConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`VisionTransformer`.
 
     A preset ``size`` fills in ``width``, ``depth`` and ``heads`` (so the fields always state the
@@ -61,12 +61,6 @@ class ViTConfig(EncoderConfig):
         if clash:
             raise ValueError(f"size={data['size']!r} fixes {preset}; got {clash} (use size='custom')")
         return {**data, **preset}
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> ViTConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
-        return self
 
 
 class PatchEmbedding(nn.Module):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from allspark.model.inputs import InputSpec, ModalityInputError, validate_inputs
@@ -26,6 +26,20 @@ class EncoderConfig(BaseModel):
     """Base of every encoder's hyper-parameters: frozen, and a typo is an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttentionEncoderConfig(EncoderConfig):
+    """Base of the configs of encoders with attention over ``width``-wide tokens split into ``heads``.
+
+    Subclasses declare ``width`` and ``heads`` (with their own defaults); this checks that the
+    heads divide the width, when the config is read rather than when the model is built.
+    """
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> AttentionEncoderConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
+        return self
 
 
 @dataclass

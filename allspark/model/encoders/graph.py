@@ -29,17 +29,17 @@ What we do (STAEformer's ideas, in a smaller and readable form):
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig, EncoderOutput, Inputs, ModalityEncoder
+from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk, sincos_embedding_1d
 
 DAYS_PER_WEEK = 7
 
 
-class TrafficGraphConfig(EncoderConfig):
+class TrafficGraphConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`TrafficGraphEncoder`."""
 
     num_nodes: int = Field(16, ge=1, description="sensors in the network (METR-LA: 207, PEMS-BAY: 325)")
@@ -49,12 +49,6 @@ class TrafficGraphConfig(EncoderConfig):
     temporal_depth: int = Field(1, ge=0, description="Transformer layers over the steps of each node (STAEformer: 3)")
     spatial_depth: int = Field(1, ge=0, description="Transformer layers over the nodes (STAEformer: 3)")
     heads: int = Field(4, ge=1, description="attention heads (STAEformer: 4)")
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> TrafficGraphConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
-        return self
 
 
 class TrafficGraphEncoder(ModalityEncoder):

@@ -29,15 +29,15 @@ PointBERT does. Grouping runs in float32 (distances), also under bf16 autocast.
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig, EncoderOutput, Inputs, ModalityEncoder
+from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk
 
 
-class PointCloudConfig(EncoderConfig):
+class PointCloudConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`PointCloudEncoder`."""
 
     num_groups: int = Field(32, ge=1, description="group centres from farthest-point sampling (PointBERT: 64)")
@@ -49,12 +49,6 @@ class PointCloudConfig(EncoderConfig):
     width: int = Field(64, ge=1, description="token width, divisible by heads (PointBERT: 384)")
     depth: int = Field(2, ge=0, description="Transformer layers over the group tokens (PointBERT: 12)")
     heads: int = Field(4, ge=1, description="attention heads (PointBERT: 6)")
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> PointCloudConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
-        return self
 
 
 def farthest_point_sampling(xyz: torch.Tensor, count: int) -> torch.Tensor:

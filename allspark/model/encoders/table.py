@@ -35,7 +35,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig, EncoderOutput, Inputs, ModalityEncoder
+from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk
 
@@ -49,7 +49,7 @@ MISSING_CATEGORY = -1
 """Categorical value meaning "missing"."""
 
 
-class TableConfig(EncoderConfig):
+class TableConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`TableEncoder`; the columns default to PRSA's (module docstring)."""
 
     continuous_columns: int = Field(
@@ -68,8 +68,6 @@ class TableConfig(EncoderConfig):
     def _check(self) -> TableConfig:
         if self.continuous_columns + len(self.categorical_cardinalities) == 0:
             raise ValueError("a table needs at least one continuous or categorical column")
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
         return self
 
 

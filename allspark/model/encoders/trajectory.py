@@ -28,26 +28,20 @@ What we do:
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig, EncoderOutput, Inputs, ModalityEncoder
+from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk, sincos_embedding_1d
 
 
-class TrajectoryConfig(EncoderConfig):
+class TrajectoryConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`TrajectoryEncoder`."""
 
     width: int = Field(64, ge=2, multiple_of=2, description="token width (even, divisible by heads)")
     depth: int = Field(2, ge=0, description="Transformer layers over steps and neighbours (paper: 2)")
     heads: int = Field(4, ge=1, description="attention heads")
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> TrajectoryConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
-        return self
 
 
 def step_features(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

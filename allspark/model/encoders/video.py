@@ -20,10 +20,10 @@ the paper's 6 layers are ``depth=6``. No class token: every tube token goes to t
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from torch import nn
 
-from allspark.model.encoders.base import EncoderConfig, EncoderOutput, Inputs, ModalityEncoder
+from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk, sincos_embedding_1d
 
@@ -54,7 +54,7 @@ DEFAULT_TUBES: tuple[Tube, ...] = (
 )
 
 
-class VideoConfig(EncoderConfig):
+class VideoConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`VideoEncoder`."""
 
     tubes: tuple[Tube, ...] = Field(
@@ -63,12 +63,6 @@ class VideoConfig(EncoderConfig):
     width: int = Field(64, ge=8, multiple_of=2, description="token width (even, divisible by heads)")
     depth: int = Field(2, ge=0, description="Transformer layers after the tube embedding (the paper uses 6)")
     heads: int = Field(4, ge=1, description="attention heads")
-
-    @model_validator(mode="after")
-    def _check_heads(self) -> VideoConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads={self.heads}")
-        return self
 
     @property
     def min_clip(self) -> tuple[int, int, int]:
