@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export ALLSPARK_CACHE ?= $(CURDIR)/.cache/allspark
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup assets demo test clean
+.PHONY: setup assets demo test bench bench-quick serve serve-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ demo: assets
 
 test: setup
 	$(PY) -m pytest
+
+# Benchmarks report, they never fail the build: JSON in bench/results/, one table in bench/RESULTS.md.
+bench: assets
+	$(PY) -m bench
+
+bench-quick: assets
+	$(PY) -m bench --quick
+
+# A Prefect server on 127.0.0.1, a process work pool, the deployments in deployments/ and a worker.
+serve: assets
+	$(PY) -m flows.serve start
+
+serve-stop:
+	$(PY) -m flows.serve stop
 
 clean:
 	rm -rf outputs .prefect .cache

@@ -122,6 +122,7 @@ class RegionModelConfig(BaseModel):
     prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's MSI prompts")
     use_prefix_cache: bool = True
     prompt_seed: int = Field(0, description="seed of the per-step prompt draw in training")
+    use_language_model: bool = Field(True, description="False: encoder, bridge and head only (the ablation)")
 
     def allspark_config(self, class_names: list[str]):
         """The model's :class:`allspark.model.AllSparkConfig`."""
@@ -139,6 +140,7 @@ class RegionModelConfig(BaseModel):
             prompt=self.prompt,
             use_prefix_cache=self.use_prefix_cache,
             prompt_seed=self.prompt_seed,
+            use_language_model=self.use_language_model,
         )
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from scipy import ndimage
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from allspark.config import TrainConfig
@@ -41,7 +41,7 @@ class Normalizer(BaseModel):
     std: list[float]
 
     @classmethod
-    def fit(cls, bands: list[str], pixels: np.ndarray) -> "Normalizer":
+    def fit(cls, bands: list[str], pixels: np.ndarray) -> Normalizer:
         """``pixels``: (band, n) raw values, NaN for nodata."""
         mean = np.nanmean(pixels, axis=1)
         std = np.nanstd(pixels, axis=1)
@@ -74,7 +74,7 @@ class LabelledPixels:
     classes: np.ndarray
 
     @classmethod
-    def from_raster(cls, labels: np.ndarray, image: np.ndarray, num_classes: int) -> tuple["LabelledPixels", int]:
+    def from_raster(cls, labels: np.ndarray, image: np.ndarray, num_classes: int) -> tuple[LabelledPixels, int]:
         """Pixels labelled 1..num_classes that have data in at least one band.
 
         Returns them and the count of labelled pixels dropped because the image has no data there.
@@ -84,7 +84,7 @@ class LabelledPixels:
         kept = cls(rows[has_data], cols[has_data], labels[rows, cols][has_data].astype(np.int64) - 1)
         return kept, int((~has_data).sum())
 
-    def subset(self, index: np.ndarray) -> "LabelledPixels":
+    def subset(self, index: np.ndarray) -> LabelledPixels:
         return LabelledPixels(self.rows[index], self.cols[index], self.classes[index])
 
     def __len__(self) -> int:
@@ -145,7 +145,7 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names
         "support": {name: int(n) for name, n in zip(class_names, support, strict=True)},
         "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         "class_names": list(class_names),
-        "n": int(len(truth)),
+        "n": len(truth),
     }
 
 
@@ -171,6 +171,26 @@ def predict_centres(
     return np.concatenate(predicted)
 
 
+def training_split(
+    labels: np.ndarray, image: np.ndarray, num_classes: int, config: TrainConfig, seed: int
+) -> tuple[LabelledPixels, LabelledPixels, int]:
+    """Training and held-out pixels (:func:`split_holdout`, then the stratified ``max_train_pixels`` cap).
+
+    Also returns the count of labelled pixels dropped because the image has no data there.
+    Seeded, so a baseline given the same arguments trains on exactly the same pixels.
+    """
+    pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, num_classes)
+    if len(pixels) == 0:
+        raise ValueError("no labelled pixel with image data: the labels do not overlap the imagery")
+    train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout)
+    if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
+        keep, _ = train_test_split(
+            np.arange(len(train)), train_size=config.max_train_pixels, stratify=train.classes, random_state=seed
+        )
+        train = train.subset(np.sort(keep))
+    return train, holdout, dropped_nodata
+
+
 def fine_tune(
     model: AllSpark,
     image: np.ndarray,
@@ -182,25 +202,20 @@ def fine_tune(
     config: TrainConfig,
     seed: int,
     log=print,
+    split_seed: int | None = None,
 ) -> tuple[Normalizer, dict, LabelledPixels]:
     """Train ``model`` in place on chips around labelled pixels.
 
     Returns the normaliser fitted on the training pixels, the metrics, and the held-out pixels
-    (so the published map can be scored on the same ones).
+    (so the published map can be scored on the same ones). ``seed`` sets the data order;
+    ``split_seed`` (default: ``seed``) the held-out split, so runs of several seeds can share one.
 
     ``image`` is (band, H, W) with NaN for nodata and ``labels`` (H, W) holds class values
     1..K (0 unlabelled) on the same grid.
     """
     generator = seed_everything(seed)
-    pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, len(class_names))
-    if len(pixels) == 0:
-        raise ValueError("no labelled pixel with image data: the labels do not overlap the imagery")
-    train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout)
-    if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
-        keep, _ = train_test_split(
-            np.arange(len(train)), train_size=config.max_train_pixels, stratify=train.classes, random_state=seed
-        )
-        train = train.subset(np.sort(keep))
+    split_seed = seed if split_seed is None else split_seed
+    train, holdout, dropped_nodata = training_split(labels, image, len(class_names), config, split_seed)
     normalizer = Normalizer.fit(bands, image[:, train.rows, train.cols])
     inputs, _ = normalizer.apply(centred_windows(image, train.rows, train.cols, chip_size))
     targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
@@ -232,7 +247,7 @@ def fine_tune(
         "split": {
             "unit": config.holdout,
             "rule": SPLIT_RULES[config.holdout],
-            "seed": seed,
+            "seed": split_seed,
             "train_pixels": len(train),
             "holdout_pixels": len(holdout),
             "labelled_pixels_without_image_data": dropped_nodata,

@@ -1,10 +1,24 @@
-"""Filesystem locations shared by the pipeline."""
+"""Filesystem locations shared by the pipeline: the cache, file stamps, storage checks and run locks."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import os
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+# Room every run needs beyond its estimate: the checkpoint and its published copy, metadata, logs.
+RESERVE_BYTES = 128 * 2**20
+
+
+class StorageError(ValueError):
+    """A folder a run must write that cannot be written or lacks room; the message names the folder."""
 
 
 def cache_dir() -> Path:
@@ -18,3 +32,78 @@ def cache_dir() -> Path:
 def file_stamps(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
     """Path, size and modification time of each file: given to a cached step, a changed file invalidates it."""
     return [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+
+
+def total_size(paths: Iterable[Path]) -> int:
+    """Bytes in the given files."""
+    return sum(path.stat().st_size for path in paths)
+
+
+def check_writable(*directories: Path, min_free_bytes: int = 0) -> None:
+    """Before a run: each directory can be written, and its file system has room for the run.
+
+    A directory that does not exist yet is probed through its nearest existing parent, and nothing
+    is created: a probe file is written there and removed, which catches a read-only file system
+    (EROFS), missing permission (EACCES) and a full disk (ENOSPC). Then the free space must hold
+    ``min_free_bytes`` (the run's estimate) plus :data:`RESERVE_BYTES`. Raises
+    :class:`StorageError` naming the directory.
+    """
+    needed = min_free_bytes + RESERVE_BYTES
+    for directory in directories:
+        directory = Path(directory).absolute()
+        existing = next(p for p in (directory, *directory.parents) if p.exists())
+        if not existing.is_dir():
+            raise StorageError(f"cannot write {directory}: {existing} exists and is not a folder")
+        try:
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".allspark-probe-") as probe:
+                probe.write(b"\0" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
+        except OSError as err:
+            where = "" if existing == directory else f" (its nearest existing parent {existing})"
+            code = errno.errorcode.get(err.errno, "")
+            raise StorageError(f"cannot write {directory}{where}: {err.strerror or err} [{code}]") from None
+        free = shutil.disk_usage(existing).free
+        if free < needed:
+            raise StorageError(
+                f"not enough free space for {directory}: {_size(free)} free on its file system, the run needs about "
+                f"{_size(needed)} ({_size(min_free_bytes)} estimated + {_size(RESERVE_BYTES)} reserve)"
+            )
+
+
+def _size(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an inter-process (and inter-thread) lock on writing ``folder`` for the duration of the block.
+
+    The lock file lives in ``<cache>/locks``, named after the folder's absolute path: outside the
+    folder, so that sweeping the folder of temporaries cannot remove it and a run that fails
+    early leaves nothing in it. ``on_wait`` is told once when another run holds the lock and this
+    one waits for it. A lock file is never deleted (that would let two runs hold "the" lock).
+    """
+    folder = Path(folder).absolute()
+    path = cache_dir() / "locks" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.lock"
+    lock = FileLock(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait(f"another run is writing {folder}; waiting for it to finish (lock {path})")
+            lock.acquire()
+    except OSError as err:
+        code = errno.errorcode.get(err.errno, "")
+        raise StorageError(f"cannot lock {folder} for writing: cannot create {path}: {err.strerror or err} "
+                           f"[{code}]") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -33,7 +33,7 @@ from rio_cogeo.cogeo import cog_translate  # noqa: E402
 from rio_cogeo.profiles import cog_profiles  # noqa: E402
 from shapely.geometry import box, mapping  # noqa: E402
 
-from allspark.stitch import stitch_strip, strips  # noqa: E402
+from allspark.stitch import stitch_strip, windows  # noqa: E402
 
 CLASS_NODATA = 0
 # Colours for the Landsat 7 NC classes, in class order; other class sets cycle through tab10.
@@ -42,17 +42,18 @@ DEFAULT_COLOURS = ["#d7191c", "#f5d300", "#a6d96a", "#8c7a3f", "#1a7837", "#2b83
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; move it into place only if the block succeeds."""
+    """Yield a temporary path beside ``final``; move it into place only if the block succeeds.
+
+    The path lies in a hidden folder (name starting with '.'), so that what a writer puts beside
+    its destination (rio-cogeo's intermediate file) is hidden too, and swept by
+    :func:`remove_stale_temporaries` if the process is killed.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.", dir=final.parent) as staging:
+        tmp = Path(staging) / final.name
         yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; published outputs are for everyone
+        os.chmod(tmp, 0o644)  # published outputs are for everyone
         os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def class_colours(n: int) -> list[str]:
@@ -62,11 +63,16 @@ def class_colours(n: int) -> list[str]:
     return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(n)]
 
 
+COG_CACHE_BYTES = 64 * 2**20
+"""GDAL's block cache while a COG is written: its default (5 % of RAM) fills with the whole raster
+while overviews are built, so the memory of publishing would grow with the area."""
+
+
 def _to_cog(src: Path, final: Path, resampling: str) -> None:
-    with atomic_path(final) as tmp:
+    with atomic_path(final) as tmp, rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
         cog_translate(
             str(src), str(tmp), cog_profiles.get("deflate"), overview_resampling=resampling,
-            in_memory=False, quiet=True,
+            forward_band_tags=True, in_memory=False, quiet=True,  # keep the class names of the class map
         )
 
 
@@ -82,9 +88,10 @@ def write_prediction_rasters(
     class_names: Sequence[str],
     classmap_path: Path,
     probabilities_path: Path,
-    strip_rows: int = 256,
+    window_rows: int = 256,
+    window_cols: int = 512,
 ) -> dict[str, int]:
-    """Stitch chip probabilities strip by strip into a class-map COG and a probability COG.
+    """Stitch chip probabilities window by window into a class-map COG and a probability COG.
 
     Class values are 1..K (0 is nodata, where no input band had data); the class map carries a
     colour table and class names. Returns the pixel count per class name.
@@ -101,12 +108,12 @@ def write_prediction_rasters(
             rasterio.open(class_tif, "w", count=1, dtype="uint8", nodata=CLASS_NODATA, **base) as classes,
             rasterio.open(prob_tif, "w", count=len(class_names), dtype="float32", nodata=np.nan, **base) as probs,
         ):
-            for start, stop in strips(height, strip_rows):
-                prob = stitch_strip(read_chips, row_offsets, col_offsets, chip_size, width, (start, stop))
+            for (top, bottom), (left, right) in windows(height, width, window_rows, window_cols):
+                prob = stitch_strip(read_chips, row_offsets, col_offsets, chip_size, width, (top, bottom), (left, right))
                 has_data = np.isfinite(prob).all(axis=0)
                 label = np.where(has_data, np.nan_to_num(prob, nan=-1.0).argmax(axis=0) + 1, CLASS_NODATA)
                 label = label.astype("uint8")
-                window = rasterio.windows.Window(0, start, width, stop - start)
+                window = rasterio.windows.Window(left, top, right - left, bottom - top)
                 classes.write(label, 1, window=window)
                 probs.write(prob, window=window)
                 counts += np.bincount(label.ravel(), minlength=len(counts))

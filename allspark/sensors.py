@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from allspark import publish
 from allspark.config import RunConfig, StrictModel, load_config
 from allspark.model.llm import SMOLLM2
+from allspark.paths import check_writable, total_size
 
 PRSA_COLUMNS = ("No", "year", "month", "day", "hour", "PM2.5", "PM10", "SO2", "NO2", "CO", "O3",
                 "TEMP", "PRES", "DEWP", "RAIN", "wd", "WSPM", "station")
@@ -80,6 +81,8 @@ class SensorModelConfig(StrictModel):
     depth: int = Field(1, ge=0, description="Transformer layers over the column tokens (paper: 1)")
     num_queries: int = Field(8, ge=1, description="bridge queries the LM reads per row")
     adapter_every: int = Field(2, ge=0, description="an LM adapter after every N-th decoder layer; 0 = none")
+    prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's table prompts")
+    use_language_model: bool = Field(True, description="False: encoder, bridge and head only (the ablation)")
 
     def allspark_config(self, station_count: int):
         """The :class:`allspark.model.AllSparkConfig` for rows with ``station_count`` known stations."""
@@ -100,6 +103,8 @@ class SensorModelConfig(StrictModel):
             bridge={"num_queries": self.num_queries},
             adapters={"every": self.adapter_every},
             head={"kind": "regression", "outputs": 1},
+            prompt=self.prompt,
+            use_language_model=self.use_language_model,
         )
 
 
@@ -287,6 +292,7 @@ def ingest_tables(config: SensorsConfig) -> dict:
     """
     known = read_locations(config.locations)["station"].tolist()
     files = input_files(config)
+    check_writable(config.output_path, config.work_dir(), min_free_bytes=total_size(files))
     parts, gaps = [], {}
     for path in files:
         table = select_rows(read_station_table(path, known), config)

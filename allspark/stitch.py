@@ -2,8 +2,8 @@
 
 Each chip contributes to its pixels with a separable triangular weight that peaks at the chip
 centre and stays above zero at the border, so overlaps blend without seams and pixels covered by
-a single edge chip still get a value. The raster is produced strip by strip: memory depends on
-the strip height and the chip size, never on the area.
+a single edge chip still get a value. The raster is produced window by window: memory depends on
+the window and the chip size, never on the area (nor on the width, as full-width strips would).
 """
 
 from __future__ import annotations
@@ -20,9 +20,16 @@ def blend_weights(size: int) -> np.ndarray:
 
 
 def strips(height: int, rows: int) -> Iterator[tuple[int, int]]:
-    """Row ranges [start, stop) of ``rows`` rows covering ``height``."""
+    """Row ranges [start, stop) of ``rows`` rows covering ``height`` (or any axis)."""
     for start in range(0, height, rows):
         yield start, min(height, start + rows)
+
+
+def windows(height: int, width: int, rows: int, cols: int) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
+    """(row range, column range) windows of at most ``rows`` x ``cols`` covering the raster, row-major."""
+    for row_range in strips(height, rows):
+        for col_range in strips(width, cols):
+            yield row_range, col_range
 
 
 def stitch_strip(
@@ -32,27 +39,33 @@ def stitch_strip(
     size: int,
     width: int,
     row_range: tuple[int, int],
+    col_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Blend the chips overlapping rows ``row_range`` into a (channel, rows, width) array.
+    """Blend the chips overlapping rows ``row_range`` and columns ``col_range`` (default: all
+    ``width`` columns) into a (channel, rows, columns) array.
 
     ``read_chips(indices)`` returns the predictions (n, channel, size, size) of those chips.
     NaN predictions (no data under the pixel) carry no weight; a pixel with no weight is NaN.
     """
     start, stop = row_range
-    hits = np.flatnonzero((row_offsets < stop) & (row_offsets + size > start))
+    left, right = col_range or (0, width)
+    hits = np.flatnonzero(
+        (row_offsets < stop) & (row_offsets + size > start) & (col_offsets < right) & (col_offsets + size > left)
+    )
     if not len(hits):
-        raise ValueError(f"no chip covers rows {start}..{stop}: the chip grid does not span the raster")
+        raise ValueError(f"no chip covers rows {start}..{stop}, columns {left}..{right}: the chip grid does not "
+                         f"span the raster")
     chips = read_chips(hits)
     weights = blend_weights(size)
-    total = np.zeros((chips.shape[1], stop - start, width), dtype="float64")
+    total = np.zeros((chips.shape[1], stop - start, right - left), dtype="float64")
     weight_sum = np.zeros_like(total)
     for chip, index in zip(chips, hits):
         r0, c0 = int(row_offsets[index]), int(col_offsets[index])
         top, bottom = max(start, r0), min(stop, r0 + size)
-        right = min(width, c0 + size)
-        patch = chip[:, top - r0 : bottom - r0, : right - c0]
-        w = np.where(np.isfinite(patch), weights[top - r0 : bottom - r0, : right - c0], 0.0)
-        total[:, top - start : bottom - start, c0:right] += np.nan_to_num(patch) * w
-        weight_sum[:, top - start : bottom - start, c0:right] += w
+        first, last = max(left, c0), min(right, c0 + size)
+        patch = chip[:, top - r0 : bottom - r0, first - c0 : last - c0]
+        w = np.where(np.isfinite(patch), weights[top - r0 : bottom - r0, first - c0 : last - c0], 0.0)
+        total[:, top - start : bottom - start, first - left : last - left] += np.nan_to_num(patch) * w
+        weight_sum[:, top - start : bottom - start, first - left : last - left] += w
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weight_sum > 0, total / weight_sum, np.nan).astype("float32")

@@ -60,7 +60,7 @@ from allspark.model.checkpoint import load_checkpoint, save_checkpoint
 from allspark.model.llm import SMOLLM2
 from allspark.model.model import AllSpark, AllSparkConfig
 from allspark.model.training import Trainer, TrainingSettings, seed_everything
-from allspark.paths import file_stamps
+from allspark.paths import check_writable, file_stamps, total_size
 
 MINUTES_PER_DAY = 24 * 60
 REPORTED_MINUTES = (15, 30, 60)  # the horizons METR-LA papers report
@@ -102,6 +102,7 @@ class TrafficModelConfig(BaseModel):
     prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's graph prompts")
     use_prefix_cache: bool = True
     prompt_seed: int = 0
+    use_language_model: bool = Field(True, description="False: encoder, bridge and head only (the ablation)")
 
     def allspark_config(self, num_nodes: int, horizon: int, step_minutes: int) -> AllSparkConfig:
         """The model's :class:`AllSparkConfig` for a graph of ``num_nodes`` sensors."""
@@ -120,6 +121,7 @@ class TrafficModelConfig(BaseModel):
             prompt=self.prompt,
             use_prefix_cache=self.use_prefix_cache,
             prompt_seed=self.prompt_seed,
+            use_language_model=self.use_language_model,
         )
 
 
@@ -322,6 +324,7 @@ def read_graph(config: TrafficConfig) -> TrafficGraph:
 def ingest_traffic(config: TrafficConfig) -> dict:
     """Check the inputs and write ``<work>/graph.zarr``; return its path and what was read."""
     graph = read_graph(config)
+    check_writable(config.flow_dir, config.work_dir(), min_free_bytes=total_size(config.input_files))
     steps = len(graph.speeds)
     if steps < config.input_steps + config.horizon:
         raise ValueError(f"{config.speeds}: {steps} steps, fewer than one window ({config.input_steps} + {config.horizon})")

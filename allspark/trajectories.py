@@ -55,6 +55,7 @@ from shapely import LineString, MultiLineString
 from allspark import publish
 from allspark.config import RunConfig, StrictModel, load_config
 from allspark.model.llm import SMOLLM2
+from allspark.paths import check_writable, total_size
 
 LOCAL_CRS_WKT = (
     'ENGCRS["AllSpark local scene (metres from the data set origin)",EDATUM["scene origin"],'
@@ -91,7 +92,8 @@ class TrajectoryModelConfig(StrictModel):
     adapter_every: int = Field(2, ge=0)
     modes: int = Field(20, ge=1, description="candidate futures K")
     predict_residual: bool = Field(True, description="learn the offset from the constant-velocity extrapolation")
-    prompt: str | None = Field(None, min_length=1)
+    prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's trajectory prompts")
+    use_language_model: bool = Field(True, description="False: encoder, bridge and head only (the ablation)")
 
     def allspark_config(self, horizon: int):
         from allspark.model.model import AllSparkConfig
@@ -105,6 +107,7 @@ class TrajectoryModelConfig(StrictModel):
             adapters={"every": self.adapter_every},
             head={"kind": "trajectory", "horizon": horizon, "modes": self.modes},
             prompt=self.prompt,
+            use_language_model=self.use_language_model,
         )
 
 
@@ -468,6 +471,7 @@ def ingest_trajectories(config: TrajectoriesConfig) -> dict:
     splits = {"predict": input_files(config.predict_files, config.format)}
     if config.train is not None and config.checkpoint is None:
         splits["train"] = input_files(config.train_files, config.format)
+    check_writable(config.run_dir, config.work_dir(), min_free_bytes=total_size(f for fs in splits.values() for f in fs))
     tracks = {split: [read_tracks(f, config) for f in files] for split, files in splits.items()}
     crs = model_crs(config, [t for ts in tracks.values() for t in ts])
     result = {"crs": crs.to_wkt(), "stores": {}, "counts": {}}

@@ -82,13 +82,17 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[30, 4], help="LM decoder layers (30 = all)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the shallowest depth only, one repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.depths, args.repeats = [min(args.depths)], 1
     full_depth = load_language_model("smollm2")[0].config.num_hidden_layers
     shallowest = min(args.depths)
     inference = [inference_row(m, d, args.batch, args.repeats) for d in args.depths for m in args.modalities]
     training = [training_row(m, shallowest, args.batch, args.repeats) for m in args.modalities]
     result = {
         "benchmark": "modalities",
+        "title": "Every modality: samples/s with and without the prompt-prefix cache, and the cost of adapters",
         **environment(),
         "settings": {
             "batch": args.batch, "repeats": args.repeats, "llm": "SmolLM2-135M-Instruct",

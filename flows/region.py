@@ -5,21 +5,31 @@ publishing run in the flow's process; inference fans out over chip batches on Da
 cluster, or the one at ``config.dask_address``), each worker loading the model once.
 Tiling and fine-tuning are cached by Prefect on their inputs; each inference batch marks its
 chunk of the prediction store done, so a rerun with the same config reuses finished work and an
-interrupted run resumes where it stopped.
+interrupted run resumes where it stopped. A run holds its work and output folders' locks
+throughout: a second run of the same config waits, then finds the work done (and, with
+``skip_published``, the outputs published).
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.utilities.hashing import hash_objects
 from prefect_dask import DaskTaskRunner
 
 from allspark import region, source_digest
 from allspark.config import RegionConfig
 
-# A cached step is reused while its inputs, its task and the library's source code are unchanged.
+# A cached step is reused while what it computes from (the config's fingerprint, which leaves out
+# where and how a run happens, and its other inputs), its task and the library's source code are
+# unchanged: a run on another Dask cluster or into another output folder reuses the tiles and the model.
+RUN_INPUTS = CacheKeyFnPolicy(
+    cache_key_fn=lambda context, parameters: hash_objects(
+        parameters["config"].fingerprint(), {k: v for k, v in parameters.items() if k != "config"}
+    )
+)
 LIBRARY_SOURCE = CacheKeyFnPolicy(cache_key_fn=lambda context, parameters: source_digest())
-CACHED = {"cache_policy": INPUTS + TASK_SOURCE + LIBRARY_SOURCE, "persist_result": True}
+CACHED = {"cache_policy": RUN_INPUTS + TASK_SOURCE + LIBRARY_SOURCE, "persist_result": True}
 
 
 @task(name="plan")
@@ -48,9 +58,23 @@ def publish_task(config, plan, chips, predictions, checkpoint, stats) -> dict:
 
 
 @flow(name="region", log_prints=True)
-def region_flow(config: RegionConfig) -> dict:
-    """Run one region end to end; returns the published paths and the metrics summary."""
+def region_flow(config: RegionConfig, skip_published: bool = False) -> dict:
+    """Run one region end to end; returns the published paths and the metrics summary.
+
+    With ``skip_published``, outputs this config already published (see
+    :func:`allspark.region.published_catalog`) are kept and only ``{"catalog", "skipped"}`` returned.
+    """
     logger = get_run_logger()
+    with region.run_lock(config, on_wait=logger.info):
+        published = region.published_catalog(config) if skip_published else None
+        if published is not None:
+            logger.info("already published by an earlier run of this config: %s", published)
+            return {"catalog": str(published), "skipped": True}
+        return _run_steps(config, logger)
+
+
+def _run_steps(config: RegionConfig, logger) -> dict:
+    """Plan, tile, fine-tune, predict and publish (under the run's locks)."""
     plan = plan_task(config)
     logger.info("found %d item(s): %s", len(plan.items), ", ".join(d["id"] for d in plan.items))
     tiled = tile_task(config, plan)

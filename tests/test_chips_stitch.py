@@ -6,8 +6,9 @@ import rioxarray  # noqa: F401
 import xarray as xr
 from affine import Affine
 
+from allspark import chips as chips_module
 from allspark.chips import ChipGrid, open_chips, stack_chips, window_starts, write_chips
-from allspark.stitch import blend_weights, stitch_strip, strips
+from allspark.stitch import blend_weights, stitch_strip, strips, windows
 
 
 def make_raster(bands=3, height=45, width=38, seed=0) -> xr.DataArray:
@@ -105,3 +106,26 @@ def test_raster_smaller_than_a_chip_is_padded(tmp_path):
     chips = stack_chips(raster, grid).compute()
     assert chips.shape == (1, 3, 16, 16)
     assert np.isnan(chips[0, :, 10:, :]).all() and np.isnan(chips[0, :, :, 12:]).all()
+
+
+def test_chips_in_several_blocks_and_stitching_by_windows(tmp_path, monkeypatch):
+    """Blocks of chips (one dask task and one Zarr shard each) hold exactly the raster's windows, and
+    stitching window by window equals a whole-image run."""
+    raster = make_raster(height=100, width=90)
+    raster[:, :30, :30] = np.nan
+    grid = ChipGrid.over(raster, 16, 4)
+    monkeypatch.setattr(chips_module, "BLOCK_BYTES", 3 * 16 * 16 * 4 * 8 * 3)  # 3 chunks of 8 chips per block
+    counts = write_chips(raster, grid, tmp_path / "chips.zarr", chunk_chips=8)
+    chips = open_chips(tmp_path / "chips.zarr")
+    assert len(grid) > 2 * 24 and chips["pixels"].encoding["shards"][0] == 24  # three blocks or more
+    expected = np.stack([raster.values[:, r : r + 16, c : c + 16] for r, c in zip(grid.row_offsets, grid.col_offsets)])
+    np.testing.assert_array_equal(chips["pixels"].values, expected)
+    assert counts["valid_chips"] == int((~np.isnan(expected)).any(axis=(1, 2, 3)).sum())
+    predictions = pixelwise(expected)
+    stitched = np.zeros((2, grid.height, grid.width), "float32")
+    for rows, cols in windows(grid.height, grid.width, 7, 11):
+        stitched[:, slice(*rows), slice(*cols)] = stitch_strip(
+            lambda idx: predictions[idx], grid.row_offsets, grid.col_offsets, 16, grid.width, rows, cols
+        )
+    whole = pixelwise(raster.values[None])[0]
+    np.testing.assert_allclose(stitched, whole, rtol=1e-5, atol=1e-5)

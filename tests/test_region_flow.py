@@ -41,6 +41,7 @@ def test_outputs_are_complete_and_valid(first_run):
     with rasterio.open(outputs["classmap"]) as classmap, rasterio.open(outputs["probabilities"]) as probs:
         assert classmap.dtypes[0] == "uint8" and classmap.nodata == 0
         assert classmap.colormap(1)[1][:3] != (0, 0, 0)
+        assert classmap.tags(1)["class_1"] == "developed"  # class names survive the COG translation
         assert (classmap.width, classmap.height) == (96, 96)
         labels = classmap.read(1)
         assert labels.min() >= 1 and labels.max() <= 7  # every pixel has data here: no hole at any edge

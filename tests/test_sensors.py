@@ -14,11 +14,9 @@ import pytest
 
 from allspark import sensors
 from allspark.sensors import SensorsConfig, SensorTableError
-from tests.conftest import shared_data
-from tests.conftest import task_states
+from tests.conftest import shared_data, task_states
+from tests.file_flows import AOTI, DINGLING, sensors_config
 
-AOTI = "PRSA_Data_Aotizhongxin_20130301-20170228.csv"
-DINGLING = "PRSA_Data_Dingling_20130301-20170228.csv"
 KNOWN = sensors.read_locations("prsa_stations")["station"].tolist()
 
 
@@ -140,15 +138,7 @@ def test_metrics_leave_out_rows_without_an_observation():
 def first_run(tmp_path_factory, prefect_server):
     from flows.sensors import sensors_flow
 
-    data = shared_data("prsa_beijing")
-    config = SensorsConfig(
-        name="test-sensors",
-        inputs=[str(data / AOTI), str(data / DINGLING)],
-        period=("2014-01-01T00:00", "2014-01-10T23:00"),  # 2 stations x 240 hours
-        model={"llm_layers": 1},
-        train={"epochs": 1, "max_train_rows": 96},
-        output_dir=tmp_path_factory.mktemp("outputs"),
-    )
+    config = sensors_config(tmp_path_factory.mktemp("outputs"))
     state = sensors_flow(config, return_state=True)
     return config, state, state.result()
 

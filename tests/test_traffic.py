@@ -17,7 +17,6 @@ import yaml
 from allspark.traffic import (
     GraphScaling,
     GraphWindows,
-    TrafficConfig,
     calendar,
     forecast_metrics,
     historical_average_forecast,
@@ -25,66 +24,43 @@ from allspark.traffic import (
     read_graph,
     split_windows,
 )
-from tests.conftest import shared_data
 from tests.conftest import task_states
-
-SENSORS, STEPS = 20, 300
-
-
-def real_slice(folder: Path, sensors: int = SENSORS, steps: int = STEPS) -> dict[str, Path]:
-    """The first ``sensors`` x ``steps`` of the Los-loop week, with the matching block of its adjacency."""
-    data = shared_data("traffic_la")
-    speeds = pd.read_csv(data / "tgcn_los" / "los_speed.csv", dtype=str).iloc[:steps, :sensors]
-    speeds.iloc[4, 2] = "0"  # a missing reading, METR-LA style
-    speeds.to_csv(folder / "speed.csv", index=False)
-    adjacency = np.loadtxt(data / "tgcn_los" / "los_adj.csv", delimiter=",")[:sensors, :sensors]
-    np.savetxt(folder / "adj.csv", adjacency, delimiter=",")
-    return {"speeds": folder / "speed.csv", "adjacency": folder / "adj.csv",
-            "locations": data / "dcrnn_sensor_graph" / "graph_sensor_locations.csv"}
-
-
-def quick_config(files: dict[str, Path], output_dir: Path, **fields) -> TrafficConfig:
-    return TrafficConfig(
-        name="test-traffic", **files, output_dir=output_dir,
-        model={"llm_layers": 1, "width": 16, "num_queries": 4, "bridge_depth": 1},
-        train={"epochs": 1, "batch_size": 32}, **fields,
-    )
-
+from tests.file_flows import SENSORS, STEPS, traffic_config, traffic_slice
 
 # -- bad input: each with its own test ------------------------------------------------------------
 
 
 def test_sensor_count_must_match_the_adjacency(tmp_path):
-    files = real_slice(tmp_path)
+    files = traffic_slice(tmp_path)
     np.savetxt(files["adjacency"], np.eye(SENSORS - 1), delimiter=",")
     with pytest.raises(ValueError, match=r"19 x 19 \(.*adj\.csv\)") as err:
-        read_graph(quick_config(files, tmp_path))
+        read_graph(traffic_config(files, tmp_path))
     assert f"the graph has {SENSORS} sensors" in str(err.value) and "speed.csv" in str(err.value)
 
 
 def test_a_non_numeric_speed_names_file_line_and_sensor(tmp_path):
-    files = real_slice(tmp_path)
+    files = traffic_slice(tmp_path)
     speeds = pd.read_csv(files["speeds"], dtype=str)
     speeds.iloc[9, 3] = "n/a"
     speeds.to_csv(files["speeds"], index=False)
     with pytest.raises(ValueError, match=rf"speed\.csv, line 11, sensor {speeds.columns[3]}: expected a number, got 'n/a'"):
-        read_graph(quick_config(files, tmp_path))
+        read_graph(traffic_config(files, tmp_path))
 
 
 def test_a_sensor_without_location_is_an_error_or_a_counted_drop(tmp_path):
-    files = real_slice(tmp_path)
+    files = traffic_slice(tmp_path)
     speeds = pd.read_csv(files["speeds"], dtype=str).rename(columns={"773869": "999999"})
     speeds.to_csv(files["speeds"], index=False)
     with pytest.raises(ValueError, match=r"1 sensor\(s\) of .*speed\.csv have no location in .*graph_sensor_locations\.csv: 999999"):
-        read_graph(quick_config(files, tmp_path))
-    graph = read_graph(quick_config(files, tmp_path, missing_location="drop"))
+        read_graph(traffic_config(files, tmp_path))
+    graph = read_graph(traffic_config(files, tmp_path, missing_location="drop"))
     assert graph.dropped_sensors == ["999999"]
     assert graph.speeds.shape == (STEPS, SENSORS - 1) and graph.adjacency.shape == (SENSORS - 1, SENSORS - 1)
     assert "999999" not in graph.sensor_ids
 
 
 def test_zeros_are_missing_speeds(tmp_path):
-    graph = read_graph(quick_config(real_slice(tmp_path), tmp_path))
+    graph = read_graph(traffic_config(traffic_slice(tmp_path), tmp_path))
     assert graph.missing_speeds == 1 and np.isnan(graph.speeds[4, 2])
 
 
@@ -141,7 +117,7 @@ def test_baselines_on_a_tiny_synthetic_frame():
 def first_run(tmp_path_factory, prefect_server):
     from flows.traffic import traffic_flow
 
-    config = quick_config(real_slice(tmp_path_factory.mktemp("slice")), tmp_path_factory.mktemp("outputs"))
+    config = traffic_config(traffic_slice(tmp_path_factory.mktemp("slice")), tmp_path_factory.mktemp("outputs"))
     state = traffic_flow(config, return_state=True)
     return config, state, state.result()
 

@@ -13,7 +13,7 @@ import pystac
 import pytest
 
 from allspark import trajectories as tr
-from tests.conftest import shared_data
+from tests import file_flows
 
 
 def write_eth(path: Path, rows: list[tuple]) -> Path:
@@ -198,28 +198,14 @@ def test_local_engineering_crs_frame_opens(tmp_path):
 
 @pytest.fixture(scope="module")
 def eth_slice(tmp_path_factory) -> dict[str, Path]:
-    """The first 300 rows of the real eth test file and of one training file (leave-one-out split)."""
-    source = shared_data("eth_ucy", "eth")
-    folder = tmp_path_factory.mktemp("eth_slice")
-    files = {}
-    for split, name in (("test", "biwi_eth.txt"), ("train", "crowds_zara01_train.txt")):
-        lines = (source / split / name).read_text().splitlines()[:300]
-        files[split] = folder / split / name
-        files[split].parent.mkdir()
-        files[split].write_text("\n".join(lines) + "\n")
-    return files
+    return file_flows.eth_slice(tmp_path_factory.mktemp("eth_slice"))
 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_cache(eth_slice, tmp_path, language_model):
     from flows.trajectories import run_trajectories
 
-    cfg = tr.TrajectoriesConfig(
-        name="eth-slice", train_files=[eth_slice["train"]], predict_files=[eth_slice["test"]],
-        origin=(2683600.0, 1248000.0), crs="EPSG:2056", start_time="2009-01-01T12:00:00Z",
-        model={"llm_layers": 1, "modes": 4, "num_queries": 4},
-        train={"epochs": 1, "batch_size": 16, "max_windows": 32}, output_dir=tmp_path,
-    )
+    cfg = file_flows.trajectories_config(eth_slice, tmp_path)
     outputs = run_trajectories(cfg)
     frame = gpd.read_parquet(outputs["predictions"])
     assert len(frame) == 4 and frame.crs == pyproj.CRS("EPSG:2056")

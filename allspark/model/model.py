@@ -72,6 +72,9 @@ class AllSparkConfig(BaseModel):
     prompt: str | None = Field(None, min_length=1, description="a user prompt replacing the modality's prompts")
     use_prefix_cache: bool = True
     prompt_seed: int = Field(0, description="seed of the per-step prompt draw in training")
+    use_language_model: bool = Field(
+        True, description="False: the ablation without the LM; the bridge's queries go straight to the head"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +101,8 @@ class AllSparkConfig(BaseModel):
                 f"head kind {self.head.kind!r} does not suit modality {self.modality!r}: "
                 "text and code answer with the language head, every other modality with its own head"
             )
+        if reads_text and not self.use_language_model:
+            raise ValueError(f"modality {self.modality!r} is read by the language model: use_language_model must be true")
         if self.class_names is not None and self.head.num_classes not in (None, len(self.class_names)):
             raise ValueError(f"{len(self.class_names)} class_names for head.num_classes={self.head.num_classes}")
         return self
@@ -122,8 +127,9 @@ class AllSpark(nn.Module):
         self.config = config
         modality = get_modality(config.modality)
         language_model, tokenizer = load_language_model(config.llm, config.llm_layers)
+        adapter_every = config.adapters.every if config.use_language_model else 0  # no LM, nothing to adapt
         self.reader = LanguageModelReader(
-            language_model, tokenizer, config.adapters.every, config.adapters.bottleneck, config.use_prefix_cache
+            language_model, tokenizer, adapter_every, config.adapters.bottleneck, config.use_prefix_cache
         )
         width = self.reader.width
         self.encoder = modality.encoder_class(config.modality, config.encoder_config())
@@ -161,13 +167,18 @@ class AllSpark(nn.Module):
         return select_prompt(self.prompts, self.training, self._prompt_rng)
 
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> tuple[EncoderOutput, torch.Tensor]:
-        """Encoder output and the LM's last hidden states at the modality positions ``(B, Q, D)``."""
+        """Encoder output and the LM's last hidden states at the modality positions ``(B, Q, D)``.
+
+        Without the language model (``use_language_model=False``) the bridge's queries are returned.
+        """
         inputs = {name: value.to(self.device) for name, value in inputs.items() if value is not None}
         encoded = self.encoder(inputs)
         if self.bridge is None:
             tokens, attention_mask = encoded.tokens, inputs.get("attention_mask")
         else:
             tokens, attention_mask = self.bridge(encoded.tokens, encoded.padding_mask), None
+        if not self.config.use_language_model:
+            return encoded, tokens
         return encoded, self.reader.hidden_states(tokens, self.current_prompt(), attention_mask)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]):

@@ -1,0 +1,372 @@
+"""Does the language model help, and does the prompt matter? The ablation the paper did not run.
+
+On each accuracy benchmark (land cover, ETH, PRSA, Los-loop), four variants of AllSpark with the
+same data, the same budget and the same seeds:
+
+- (a) **no LM**: encoder + bridge + head; the bridge's queries go straight to the head
+  (``use_language_model: false``; no adapters either, there is nothing to adapt);
+- (b) **frozen LM, no adapters** (``adapter_every: 0``);
+- (c) **LM + adapters**: AllSpark as it ships (an adapter after every 2nd LM layer);
+- (d) **irrelevant prompt**: (c) with the modality's prompts replaced by one that has nothing to
+  do with the task (:data:`IRRELEVANT_PROMPT`). An empty prompt is not run: the configs require
+  a non-empty prompt, and the LM then reads the modality tokens with no text at all, which is
+  close to (b)/(c) without the prompt cache and not a clean variant of its own.
+
+Every run trains a fresh model from its seed (initial weights, data order, prompt draws); seeds
+0, 1, 2; mean and standard deviation (and min-max in the JSON) per variant and metric, with the
+training time. Only data is shared between runs (the read raster, the ingested windows, the
+split), never a model or a checkpoint. The held-out data is fixed across seeds; ETH's training
+subsample follows the seed (the trajectories flow draws it from the run seed), the others' does not.
+
+The budgets are smaller than the headline benchmarks' (see :data:`BUDGETS`), so that the whole
+ablation (4 benchmarks x 4 variants x 3 seeds) takes about 30 minutes on a quiet 2-core CPU:
+
+    python -m bench.ablation               # everything; results written after each benchmark
+    python -m bench.ablation --quick       # land cover only, 4 variants x 1 seed (~2 minutes)
+    python -m bench.ablation --only eth prsa --seeds 0 1
+
+Benchmarks whose data (../shared/data) is missing are skipped and named in the notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench import eth, landcover, losloop, prsa
+from bench.common import environment, write_results
+
+IRRELEVANT_PROMPT = "Describe a recipe for pancakes."
+VARIANTS = {
+    "a_no_lm": ("(a) no LM", {"use_language_model": False}),
+    "b_frozen_lm": ("(b) frozen LM, no adapters", {"adapter_every": 0}),
+    "c_lm_adapters": ("(c) LM + adapters", {}),
+    "d_irrelevant_prompt": ("(d) irrelevant prompt", {"prompt": IRRELEVANT_PROMPT}),
+}
+SEEDS = (0, 1, 2)
+
+
+def silent(line: str) -> None:
+    """Per-epoch training logs are not wanted here: one progress line per run instead."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    lower_is_better: bool
+    digits: int = 3
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """How to prepare one benchmark's data once, train and score one variant, and score its baseline."""
+
+    name: str
+    title: str
+    budget: dict
+    headline_budget: str
+    metrics: tuple[Metric, ...]
+    paper: dict[str, str]  # metric key -> the paper's AllSpark figure, or why there is none
+    data: Callable[[], bool]  # is the data here?
+    prepare: Callable[[dict], object]
+    run: Callable[[object, dict, int, dict], dict]  # (prepared, budget, seed, model overrides) -> metrics
+    baseline: Callable[[object, dict], dict]  # (prepared, budget) -> {metric key: (name, value)}
+    quick_budget: dict | None = None
+
+
+# -- land cover -------------------------------------------------------------------------------------
+
+
+def landcover_run(data: landcover.LandCover, budget: dict, seed: int, model: dict) -> dict:
+    result = landcover.run_allspark(data, seed, model)
+    return {key: result[key] for key in ("overall_accuracy", "kappa", "macro_f1", "train_seconds")}
+
+
+def landcover_baseline(data: landcover.LandCover, budget: dict) -> dict:
+    name = f"random forest, {data.config.chips.size}x{data.config.chips.size} neighbourhood"
+    forest = landcover.run_baselines(data)[name]
+    return {key: (f"RF {data.config.chips.size}x{data.config.chips.size}", forest[key])
+            for key in ("overall_accuracy", "kappa", "macro_f1")}
+
+
+LANDCOVER_PAPER = {"overall_accuracy": "none (closest: Pavia U per-pixel HSI, OA 0.892; not comparable)",
+                   "kappa": "none (closest: Pavia U per-pixel HSI, kappa 0.853; not comparable)",
+                   "macro_f1": "none"}
+
+# -- ETH ----------------------------------------------------------------------------------------------
+
+
+def eth_prepare(budget: dict) -> dict:
+    config = eth.eth_config(eth.DATA, 0, name="ablation-eth-data", **budget)
+    return {"stores": eth.tr.ingest_trajectories(config)["stores"], "future_steps": config.future_steps}
+
+
+def eth_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
+    config = eth.eth_config(eth.DATA, seed, name="ablation-eth", model=model, **budget)
+    result = eth.run_allspark(config, prepared["stores"], cleanup=True, log=silent)
+    return {key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "train_seconds")}
+
+
+def eth_baseline(prepared: dict, budget: dict) -> dict:
+    walking = eth.constant_velocity_baseline(prepared["stores"], prepared["future_steps"])
+    return {f"{best}{key}": ("constant velocity", walking[key]) for key in ("ade", "fde") for best in ("", "min_")}
+
+
+# -- PRSA ---------------------------------------------------------------------------------------------
+
+
+def prsa_prepare(budget: dict) -> dict:
+    frame, stations = prsa.load_prsa(prsa.DATA)
+    split = prsa.make_split(frame, stations, "random", budget["train_rows"], budget["test_rows"], seed=0)
+    return {"frame": frame, "stations": stations, "split": split}
+
+
+def prsa_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
+    result = prsa.run_allspark(prepared["frame"], prepared["split"], seed, budget["epochs"], budget["lr"],
+                               budget["llm_layers"], model=model, log=silent)
+    return {key: result[key] for key in ("rmse", "mae", "r2", "train_seconds")}
+
+
+def prsa_baseline(prepared: dict, budget: dict) -> dict:
+    trees = prsa.run_baselines(prepared["frame"], prepared["stations"], prepared["split"], 200, 0)
+    same_rows = trees["GBT, same training rows"]
+    return {key: ("GBT, same rows", same_rows[key]) for key in ("rmse", "mae", "r2")}
+
+
+# -- Los-loop -------------------------------------------------------------------------------------------
+
+
+def losloop_prepare(budget: dict) -> dict:
+    config = losloop.losloop_config(0, name="ablation-losloop-data", **budget)
+    return {"store": losloop.ingest_traffic(config)["store"]}
+
+
+def losloop_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
+    """One run; it also keeps the two baselines' scores in ``prepared`` (every run computes the same ones)."""
+    config = losloop.losloop_config(seed, name="ablation-losloop", model=model, **budget)
+    result = losloop.run_allspark(config, prepared["store"], cleanup=True, log=silent)
+    prepared["baselines"] = {name: scores["60 min"] for name, scores in result["metrics"].items() if name != "allspark"}
+    hour = result["metrics"]["allspark"]["60 min"]
+    return {"mae": hour["mae"], "rmse": hour["rmse"], "mape": hour["mape"],
+            "train_seconds": result["trained"]["training_seconds"]}
+
+
+def losloop_baseline(prepared: dict, budget: dict) -> dict:
+    """The better of last value and historical average per metric (both are data only, seed-free)."""
+    baselines = prepared["baselines"]
+    return {key: min(((name.replace("_", " "), scores[key]) for name, scores in baselines.items()),
+                     key=lambda pair: pair[1]) for key in ("mae", "rmse", "mape")}
+
+
+BENCHMARKS = {
+    "landcover": Benchmark(
+        name="landcover",
+        title="Land cover (Landsat 7 NC, whole polygons held out)",
+        budget={"llm_layers": 4, "epochs": 3, "max_train_pixels": 600, "chip_size": 16},
+        quick_budget={"llm_layers": 2, "epochs": 2, "max_train_pixels": 300, "chip_size": 16},
+        headline_budget="bench.landcover: 4 LM layers, 6 epochs, every training pixel (~1,900)",
+        metrics=(Metric("overall_accuracy", "OA", False), Metric("kappa", "kappa", False),
+                 Metric("macro_f1", "macro F1", False)),
+        paper=LANDCOVER_PAPER,
+        data=lambda: True,  # the demo catalog: `make assets` / `allspark catalog build-demo`
+        prepare=lambda budget: landcover.prepare(**budget),
+        run=landcover_run,
+        baseline=landcover_baseline,
+    ),
+    "eth": Benchmark(
+        name="eth",
+        title="ETH leave-one-scene-out, 8 -> 12 (metres)",
+        budget={"train_windows": 3000, "epochs": 1, "llm_layers": 4, "learning_rate": 1e-3, "warmup_epochs": 0.2},
+        headline_budget="bench.eth: 4 LM layers, 2 epochs over 12,000 windows",
+        metrics=(Metric("min_ade", "ADE best-of-20", True), Metric("min_fde", "FDE best-of-20", True),
+                 Metric("ade", "ADE most likely", True), Metric("fde", "FDE most likely", True)),
+        paper={"min_ade": "0.43", "min_fde": "0.69", "ade": "not reported", "fde": "not reported"},
+        data=lambda: (eth.DATA / "train").is_dir(),
+        prepare=eth_prepare,
+        run=eth_run,
+        baseline=eth_baseline,
+    ),
+    "prsa": Benchmark(
+        name="prsa",
+        title="PRSA Beijing PM2.5, random 40/60 (µg/m³)",
+        budget={"train_rows": 2000, "test_rows": 2000, "epochs": 1, "llm_layers": 2, "lr": 1e-3},
+        headline_budget="bench.prsa: 2 LM layers, 1 epoch, 4,000 training and 4,000 test rows",
+        metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
+        paper={"rmse": "29.03", "mae": "18.04", "r2": "0.87"},
+        data=lambda: any(prsa.DATA.glob("PRSA_Data_*.csv")),
+        prepare=prsa_prepare,
+        run=prsa_run,
+        baseline=prsa_baseline,
+    ),
+    "losloop": Benchmark(
+        name="losloop",
+        title="Los-loop week, 60 min ahead (mph)",
+        budget={"llm_layers": 2, "epochs": 2, "learning_rate": 1e-3, "warmup_epochs": 0.5, "window_stride": 4},
+        headline_budget="bench.losloop: 2 LM layers, 3 epochs over every 3rd training window",
+        metrics=(Metric("mae", "MAE 60 min", True, 2), Metric("rmse", "RMSE 60 min", True, 2),
+                 Metric("mape", "MAPE 60 min %", True, 1)),
+        paper={key: f"none (METR-LA, not comparable: {value})"
+               for key, value in (("mae", "3.81"), ("rmse", "7.52"), ("mape", "11.24 %"))},
+        data=lambda: (losloop.DATA / "tgcn_los" / "los_speed.csv").is_file(),
+        prepare=losloop_prepare,
+        run=losloop_run,
+        baseline=losloop_baseline,
+    ),
+}
+QUICK_BENCHMARKS = ["landcover"]
+
+
+def spread(values: list[float]) -> dict:
+    array = np.asarray(values, dtype="float64")
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "min": float(array.min()), "max": float(array.max()), "n": len(array)}
+
+
+def summarise(runs: list[dict], benchmark: Benchmark) -> dict:
+    """Mean, std and min-max per variant of every metric and of the training time."""
+    keys = [m.key for m in benchmark.metrics] + ["train_seconds"]
+    return {key: {variant: spread([r["metrics"][key] for r in runs if r["variant"] == variant])
+                  for variant in VARIANTS if any(r["variant"] == variant for r in runs)}
+            for key in keys}
+
+
+def compare(summary: dict, metric: Metric, better: str, worse: str) -> tuple[float, bool]:
+    """Signed improvement of ``better`` over ``worse`` (positive = better) and whether it exceeds the seed spread
+    (|difference| > the sum of the two standard deviations, a rough rule for three seeds)."""
+    a, b = summary[metric.key][better], summary[metric.key][worse]
+    gain = (b["mean"] - a["mean"]) if metric.lower_is_better else (a["mean"] - b["mean"])
+    return gain, abs(gain) > a["std"] + b["std"]
+
+
+def reading(benchmark: Benchmark, summary: dict) -> list[str]:
+    """One plain sentence: does the LM help (c vs a), do the adapters (c vs b), does the prompt (c vs d)?
+
+    Differences are signed so that positive means (c), AllSpark as it ships, is better.
+    """
+    metric = benchmark.metrics[0]
+    if not {"a_no_lm", "c_lm_adapters"} <= set(summary[metric.key]):
+        return []
+    parts = []
+    for other, question in (("a_no_lm", "the LM (c vs a)"), ("b_frozen_lm", "the adapters (c vs b)"),
+                            ("d_irrelevant_prompt", "the task prompt (c vs d)")):
+        if other not in summary[metric.key]:
+            continue
+        gain, clear = compare(summary, metric, "c_lm_adapters", other)
+        verdict = ("helps" if gain > 0 else "hurts") if clear else "no clear difference (within the seed spread)"
+        parts.append(f"{question}: {metric.label} {gain:+.{metric.digits}f}, {verdict}")
+    cost = summary["train_seconds"]
+    slower = cost["c_lm_adapters"]["mean"] / max(cost["a_no_lm"]["mean"], 1e-9)
+    return [f"{benchmark.title}: " + "; ".join(parts) + f". Training with the LM took {slower:.1f}x as long as without."]
+
+
+def cell(stats: dict, digits: int) -> str:
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def table_lines(done: dict, seeds: list[int]) -> list[str]:
+    names = [label for label, _ in VARIANTS.values()]
+    lines = [
+        (f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (min-max in ablation.json); "
+         "↑ higher is better, ↓ lower is better. Budgets are smaller than the headline benchmarks' (settings below)."),
+        "",
+        "| benchmark | metric | " + " | ".join(names) + " | baseline, same data | paper's AllSpark |",
+        "|---|---|" + "---:|" * len(names) + "---|---|",
+    ]
+    for name, entry in done.items():
+        benchmark, summary, baseline = BENCHMARKS[name], entry["summary"], entry["baseline"]
+        for i, metric in enumerate(benchmark.metrics):
+            arrow = "↓" if metric.lower_is_better else "↑"
+            cells = [cell(summary[metric.key][v], metric.digits) if v in summary[metric.key] else "-" for v in VARIANTS]
+            base_name, base_value = baseline[metric.key]
+            lines.append(f"| {benchmark.title if i == 0 else ''} | {metric.label} {arrow} | " + " | ".join(cells)
+                         + f" | {base_name}: {base_value:.{metric.digits}f} | {benchmark.paper[metric.key]} |")
+        seconds = [cell(summary["train_seconds"][v], 0) if v in summary["train_seconds"] else "-" for v in VARIANTS]
+        lines.append("| | training s | " + " | ".join(seconds) + " | | |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{', '.join(QUICK_BENCHMARKS)} only, its quick budget, seed 0")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
+    parser.add_argument("--seeds", nargs="+", type=int)
+    args = parser.parse_args()
+    names = args.only or (QUICK_BENCHMARKS if args.quick else list(BENCHMARKS))
+    seeds = args.seeds or ([0] if args.quick else list(SEEDS))
+    skipped = [name for name in names if not BENCHMARKS[name].data()]
+    names = [name for name in names if name not in skipped]
+    budgets = {name: (BENCHMARKS[name].quick_budget if args.quick and BENCHMARKS[name].quick_budget
+                      else BENCHMARKS[name].budget) for name in names}
+    total, count, started = len(names) * len(VARIANTS) * len(seeds), 0, time.perf_counter()
+    done, runs = {}, []
+    for name in names:
+        benchmark, budget = BENCHMARKS[name], budgets[name]
+        prepared = benchmark.prepare(budget)
+        bench_runs = []
+        for seed in seeds:
+            for variant, (label, overrides) in VARIANTS.items():
+                count += 1
+                run_started = time.perf_counter()
+                metrics = benchmark.run(prepared, budget, seed, overrides)
+                bench_runs.append({"benchmark": name, "variant": variant, "seed": seed, "metrics": metrics,
+                                   "wall_seconds": round(time.perf_counter() - run_started, 1)})
+                shown = ", ".join(f"{m.key} {metrics[m.key]:.{m.digits}f}" for m in benchmark.metrics)
+                print(f"[{count}/{total}, {time.perf_counter() - started:.0f} s] {name} {label} seed {seed}: {shown}, "
+                      f"training {metrics['train_seconds']:.0f} s", flush=True)
+        runs += bench_runs
+        done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
+        write(done, runs, names, seeds, budgets, skipped, args.quick, time.perf_counter() - started)
+
+
+def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict, skipped: list[str],
+          quick: bool, seconds: float) -> None:
+    """Write ablation.json and .md with every benchmark finished so far (the file says which are missing)."""
+    pending = [name for name in names if name not in done]
+    readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])]
+    headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
+    notes = [
+        *readings,
+        ("Rule used for 'clear': the difference of the means exceeds the sum of the two standard deviations "
+         f"({len(seeds)} seed(s)); with so few seeds, anything within it is noise until shown otherwise."),
+        (f"(d) replaces every prompt with {IRRELEVANT_PROMPT!r}; (c) draws one of the paper's prompts per training "
+         "step and reads the first at evaluation."),
+        ("Adapters in (c) and (d): one after every 2nd LM layer, so " + ", ".join(
+            f"{name} {budgets[name]['llm_layers'] // 2}" for name in names) + "; they start as the identity, "
+         "so (b) and (c) differ only by what the adapters learn."),
+        (f"Budgets here are smaller than the headline benchmarks' ({headline_budgets}), and far smaller than the "
+         "paper's (all of Vicuna-7B, tens of epochs): the LM here is the first 2-4 of SmolLM2-135M's 30 layers."),
+    ]
+    if skipped:
+        notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")
+    if pending:
+        notes.append(f"Not finished yet (partial file, written after each benchmark): {', '.join(pending)}.")
+    result = {
+        "benchmark": "ablation",
+        "title": "Ablation: no LM / frozen LM / LM + adapters / irrelevant prompt, same data, budget and seeds",
+        **environment(),
+        "settings": {"quick": quick, "seeds": seeds, "budgets": budgets, "irrelevant_prompt": IRRELEVANT_PROMPT,
+                     "variants": {key: label for key, (label, _) in VARIANTS.items()},
+                     "variant_overrides": {key: overrides for key, (_, overrides) in VARIANTS.items()},
+                     "smaller_than_headline": {name: BENCHMARKS[name].headline_budget for name in names},
+                     "seconds": round(seconds)},
+        "complete": not pending,
+        "summary": {name: entry["summary"] for name, entry in done.items()},
+        "baselines": {name: entry["baseline"] for name, entry in done.items()},
+        "paper": {name: BENCHMARKS[name].paper for name in done},
+        "runs": runs,
+        "notes": notes,
+        "headline": [f"Ablation: {line}" for line in readings],
+    }
+    table = table_lines(done, seeds) + ["", "Budgets: " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in budgets[name].items()) for name in names) + "."]
+    write_results("ablation", result, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Run the region flow on the benchmark mosaic in a fresh process and sample its memory (memory, scaling).
+
+- :func:`checkpoint`: a small model fine-tuned briefly on the demo catalog, made once and kept in
+  its config's work folder, so measured runs never fine-tune.
+- :func:`mosaic_config`: a region config over ``size`` times the demo area of the mosaic.
+- :func:`prefect_server`: one Prefect server on 127.0.0.1 for all runs of a benchmark (as
+  ``make serve`` runs one). Without it, every flow process and every Dask worker process
+  starts a temporary server of its own (10-20 s each on 2 cores, and hundreds of MB).
+- :func:`run_measured`: ``python -m bench.flowrun <config>`` in a subprocess whose process tree
+  (and any extra processes, e.g. the workers of a cluster the benchmark started) is sampled
+  with psutil every 0.1 s: peak resident memory in total, per process kind and per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from allspark.config import RegionConfig
+from bench.mosaic import CONFIG, window_aoi, year_range
+from flows.serve import HOST, PREFECT, START_TIMEOUT, _healthy, api_url
+
+DEMO_ROWS, DEMO_COLS = 443, 489
+SAMPLE_SECONDS = 0.1
+SETTINGS = {  # of the memory and scaling runs: the region model (what is not named is the demo's) and the chips
+    "quick": {"model": {"num_classes": 7, "llm_layers": 1, "stem_dim": 32, "num_queries": 4, "bridge_depth": 1},
+              "chips": {"size": 16, "overlap": 0, "batch": 64}},
+    "full": {"model": {"num_classes": 7, "llm_layers": 2}, "chips": {"size": 16, "overlap": 8, "batch": 64}},
+}
+TRAIN = {"epochs": 1, "batch_size": 32, "max_train_pixels": 512}
+"""The checkpoint's fine-tuning: just enough to make a real checkpoint; its accuracy is not the point."""
+KINDS = ("flow", "dask worker", "other")
+
+
+def checkpoint(model: dict) -> Path:
+    """A checkpoint of ``model`` fine-tuned briefly on the demo catalog, made once and kept in its work folder."""
+    from allspark.region import plan_region, train_region
+
+    config = RegionConfig(name="bench-checkpoint", model=model, train=TRAIN)
+    path = config.work_dir() / "checkpoint"
+    if not path.exists():
+        train_region(config, plan_region(config), log=lambda *_: None)
+    return path
+
+
+def mosaic_config(size: float, ckpt: Path, output_dir: Path, **changes) -> RegionConfig:
+    """A region config over ``size`` times the demo area: the top-left window of the mosaic's first item.
+
+    The name is unique per call, so neither Prefect's task cache nor an earlier work folder is reused.
+    """
+    scale = math.sqrt(size)
+    settings = {
+        "name": f"bench-{size:g}x-{os.getpid()}-{time.time_ns()}",
+        "catalog": str(CONFIG),
+        "datetime": year_range(),
+        "aoi": window_aoi(round(DEMO_ROWS * scale), round(DEMO_COLS * scale)),
+        "train": None,
+        "checkpoint": str(ckpt),
+        "output_dir": str(output_dir),
+    }
+    return RegionConfig(**(settings | changes))
+
+
+@contextlib.contextmanager
+def prefect_server(log: Path) -> Iterator[str]:
+    """A Prefect server on a free port of 127.0.0.1 for the duration of the block; yields its API URL.
+
+    It is set as ``PREFECT_API_URL`` in this process's environment (inherited by the flow
+    processes and Dask workers started inside the block) and stopped afterwards.
+    """
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    url = api_url(port)
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    with open(log, "ab") as out:
+        server = subprocess.Popen([*PREFECT, "server", "start", "--host", HOST, "--port", str(port)], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    previous = os.environ.get("PREFECT_API_URL")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _healthy(url):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not start; see {log}:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGINT to the server's process group (a clean shutdown), SIGKILL to whatever is left after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        server.wait(timeout=20)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def _kind(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline())
+    if "multiprocessing" in command and "resource_tracker" not in command:
+        return "dask worker"  # LocalCluster starts its workers with multiprocessing (spawn)
+    return "other"
+
+
+def run_sampled(command: list[str], log: Path, workers: list[psutil.Process] = ()) -> dict:
+    """Run ``command``; sample the RSS of its process tree (and of ``workers``) until it exits.
+
+    Returns the exit status, the wall time and the peaks in bytes: of the sum over all processes,
+    of the sum per kind (the command's own process is ``flow``), and of each Dask worker.
+    """
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        root = psutil.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    kinds: dict[int, str] = {root.pid: "flow", **{worker.pid: "dask worker" for worker in workers}}
+    peak_total, peak_kind, peak_process = 0, Counter(), Counter()
+    while root.poll() is None:
+        tree = [root, *workers]
+        with contextlib.suppress(psutil.Error):
+            tree += root.children(recursive=True)
+        by_kind = Counter()
+        for process in tree:
+            try:
+                rss = process.memory_info().rss
+                kind = kinds.setdefault(process.pid, _kind(process))
+            except psutil.Error:  # exited between listing and reading
+                continue
+            by_kind[kind] += rss
+            peak_process[(kind, process.pid)] = max(peak_process[(kind, process.pid)], rss)
+        peak_total = max(peak_total, sum(by_kind.values()))
+        for kind, rss in by_kind.items():
+            peak_kind[kind] = max(peak_kind[kind], rss)
+        time.sleep(SAMPLE_SECONDS)
+    return {
+        "exit_status": root.returncode,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_total_bytes": peak_total,
+        "peak_by_kind_bytes": {kind: peak_kind.get(kind, 0) for kind in KINDS},
+        "peak_per_worker_bytes": sorted((rss for (kind, _), rss in peak_process.items() if kind == "dask worker"),
+                                        reverse=True),
+    }
+
+
+def run_measured(config: RegionConfig, work: Path, workers: list[psutil.Process] = ()) -> dict:
+    """The region flow for ``config`` in a fresh process, sampled; what it did and its peaks.
+
+    The run's work folder and outputs are removed afterwards (the mosaic can make large ones).
+    """
+    log = work / f"{config.name}.log"
+    try:
+        sampled = run_sampled([sys.executable, "-m", "bench.flowrun", config.model_dump_json()], log, workers)
+        lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
+        if sampled["exit_status"] != 0 or not lines:
+            raise RuntimeError(f"region run {config.name} failed (exit {sampled['exit_status']}):\n"
+                               + log.read_text()[-3000:])
+        return {**json.loads(lines[-1][len("RESULT "):]), **sampled}
+    finally:
+        shutil.rmtree(config.work_dir(), ignore_errors=True)
+        shutil.rmtree(config.region_dir, ignore_errors=True)
+
+
+def mib(value: float) -> float:
+    return value / 2**20
+
+
+def step_times(flow_run_id) -> tuple[dict[str, float], dict[str, int]]:
+    """Seconds per step of a flow run (first start to last end of its task runs: plan, tile, predict,
+    publish) and the number of task runs per step, read from the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs, page = [], 200
+    with get_client(sync_client=True) as client:
+        while True:
+            batch = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                          limit=page, offset=len(runs))
+            runs += batch
+            if len(batch) < page:
+                break
+    spans: dict[str, list] = {}
+    for run in runs:
+        if run.start_time and run.end_time:
+            spans.setdefault(run.name.rsplit("-", 1)[0], []).extend([run.start_time, run.end_time])
+    seconds = {step: round((max(times) - min(times)).total_seconds(), 1) for step, times in spans.items()}
+    return seconds, {step: len(times) // 2 for step, times in spans.items()}
+
+
+def main(config_json: str) -> None:
+    """In the measured process: run the region flow once; print its pixels, chips and times as one JSON line."""
+    import rasterio
+
+    from flows.region import region_flow, task_runner
+
+    config = RegionConfig.model_validate_json(config_json)
+    started = time.perf_counter()
+    state = region_flow.with_options(task_runner=task_runner(config))(config, return_state=True)
+    outputs = state.result()
+    seconds = time.perf_counter() - started
+    with rasterio.open(outputs["classmap"]) as classmap:
+        height, width = classmap.height, classmap.width
+    chips = outputs["metrics_summary"]["chips"]
+    steps, task_runs = step_times(state.state_details.flow_run_id)
+    print("RESULT " + json.dumps({"flow_seconds": seconds, "steps_seconds": steps, "task_runs": task_runs,
+                                  "height": height, "width": width, "chips": chips["chips"],
+                                  "valid_chips": chips["valid_chips"]}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,112 @@
+"""Peak memory of the whole region flow as the area grows: 1x, 4x and 16x the demo area.
+
+Each size is one run of the Prefect region flow (``flows.region.run_region``: plan, tile, infer
+on a local Dask cluster of 2 worker processes, publish) over the top-left window of the
+benchmark mosaic (:mod:`bench.mosaic`), in a fresh process whose process tree (the flow process
+and its Dask workers) is sampled with psutil every 0.1 s (:mod:`bench.flowrun`); the peak of
+the summed resident memory (RSS) is reported in total and per process kind. The runs report to
+one Prefect server started by the benchmark (not measured), as under ``make serve``. A
+checkpoint made once (a short fine-tune on the demo catalog) replaces fine-tuning, so every size
+runs the same model; a small model (few LM layers) keeps the 16x run to minutes on 2 cores.
+The goal: the peak at 16x is at most 1.25x the peak at 1x, which needs every step to stream
+(loader -> Zarr chips -> model -> COG windows) instead of holding the area.
+
+    python -m bench.memory [--quick] [--sizes 1 4 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from allspark.config import RegionConfig
+from bench.common import environment, write_results
+from bench.flowrun import (
+    DEMO_COLS,
+    DEMO_ROWS,
+    SAMPLE_SECONDS,
+    SETTINGS,
+    TRAIN,
+    checkpoint,
+    mib,
+    mosaic_config,
+    prefect_server,
+    run_measured,
+)
+from bench.mosaic import build_mosaic
+
+GOAL = 1.25
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model (1 LM layer, narrow stem and bridge), chips without overlap")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="multiples of the demo area")
+    args = parser.parse_args()
+    setting = SETTINGS["quick" if args.quick else "full"]
+    load = os.getloadavg()  # 1, 5, 15 min: above the core count, other jobs shared the machine
+    build_mosaic()
+    ckpt = checkpoint(setting["model"])
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, prefect_server(Path(tmp) / "server.log"):
+        work = Path(tmp)
+        rows = [{"size": size, **run_measured(mosaic_config(size, ckpt, work / "outputs", **setting), work)}
+                for size in args.sizes]
+    base = rows[0]
+    for row in rows:
+        row["megapixels"] = row["height"] * row["width"] / 1e6
+        row["peak_vs_smallest"] = row["peak_total_bytes"] / base["peak_total_bytes"]
+    last = rows[-1]
+    growth = last["peak_vs_smallest"]
+    flow_growth = mib(last["peak_by_kind_bytes"]["flow"] - base["peak_by_kind_bytes"]["flow"])
+    worker_growth = mib(max(last["peak_per_worker_bytes"]) - max(base["peak_per_worker_bytes"]))
+    extra_runs = (last["task_runs"]["predict"] - base["task_runs"]["predict"]) / len(last["peak_per_worker_bytes"])
+    notes = [
+        f"Peak RSS at {last['size']}x the demo area is {growth:.2f}x the peak at {base['size']}x "
+        f"({mib(last['peak_total_bytes']):.0f} against {mib(base['peak_total_bytes']):.0f} MiB); the goal is at "
+        f"most {GOAL}x: " + ("met." if growth <= GOAL else f"missed by {growth - GOAL:.2f}x."),
+        (f"Where it grows: the flow process by {flow_growth:.0f} MiB, each Dask worker by {worker_growth:.0f} MiB "
+         f"over {extra_runs:.0f} more inference task runs per worker (~{1024 * worker_growth / max(extra_runs, 1):.0f} "
+         "KiB per task run). Inference itself streams: a loop over the same chunks in one process (no Prefect, no "
+         "Dask) stays flat, so the workers' growth is what Prefect and Dask keep per task run. Fewer, larger "
+         "inference tasks (several 64-chip chunks each) would shrink it and the per-task overhead (~0.1-0.3 s)."),
+        ("RSS counts shared library pages once per process (torch and the LM are loaded in the flow process and "
+         "in each worker), so the totals overstate the machine's use; the growth is what matters."),
+        ("What streams: chips are cut and written in ~32 MB blocks, each inference task reads its 64-chip chunk, "
+         "the COGs are stitched in 256 x 512 px windows, the quicklook is read decimated, and the flow process "
+         "hands freed heap memory back to the OS after tiling and stitching. What still grows with the area is "
+         "small (the chip index, one GeoParquet row per chip) or grows with the width only (a row of source "
+         "chunks while chipping), and GDAL's overview building for the COGs."),
+    ]
+    result = {
+        "benchmark": "memory",
+        "title": "Peak memory of the region flow (flow process + Dask workers) for 1x, 4x and 16x the demo area",
+        **environment(),
+        "settings": {
+            "sizes": args.sizes, "demo_area_px": [DEMO_ROWS, DEMO_COLS], "catalog": "bench mosaic, 2000 item",
+            **setting, "checkpoint": f"fine-tuned on the demo catalog: {TRAIN}", "n_workers": RegionConfig().n_workers,
+            "sample_seconds": SAMPLE_SECONDS, "prefect": "one server started by the benchmark, not measured",
+            "quick": args.quick, "load_average_before": load,
+        },
+        "rows": rows,
+        "headline": {"peak_16x_over_1x": growth},
+        "notes": notes,
+    }
+    table = [
+        ("| area | pixels | chips | inference tasks | wall s | inference s | peak RSS, all (MiB) | flow process "
+         "| Dask workers (sum) | largest worker | vs 1x |"),
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r['size']}x | {r['height']} x {r['width']} | {r['chips']} | {r['task_runs']['predict']} | "
+          f"{r['wall_seconds']:.0f} | {r['steps_seconds']['predict']:.0f} | {mib(r['peak_total_bytes']):.0f} | "
+          f"{mib(r['peak_by_kind_bytes']['flow']):.0f} | {mib(r['peak_by_kind_bytes']['dask worker']):.0f} | "
+          f"{mib(max(r['peak_per_worker_bytes'], default=0)):.0f} | {r['peak_vs_smallest']:.2f}x |" for r in rows),
+        "",
+        *(f"- {note}" for note in notes),
+    ]
+    write_results("memory", result, table)
+
+
+if __name__ == "__main__":
+    main()

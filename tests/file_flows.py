@@ -1,0 +1,88 @@
+"""Small real inputs and configs for the file-driven flows (trajectories, sensors, traffic).
+
+Shared by each flow's tests and the notebook tests. Every input is a slice of ../shared/data, and
+``shared_data`` skips the test with the reason when that is absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from allspark.sensors import SensorsConfig
+from allspark.traffic import TrafficConfig
+from allspark.trajectories import TrajectoriesConfig
+from tests.conftest import shared_data
+
+# -- trajectories: ETH/UCY ------------------------------------------------------------------------
+
+
+def eth_slice(folder: Path, rows: int = 300) -> dict[str, Path]:
+    """The first ``rows`` rows of the real eth test file and of one training file (leave-one-out split)."""
+    source = shared_data("eth_ucy", "eth")
+    files = {}
+    for split, name in (("test", "biwi_eth.txt"), ("train", "crowds_zara01_train.txt")):
+        lines = (source / split / name).read_text().splitlines()[:rows]
+        files[split] = folder / split / name
+        files[split].parent.mkdir(parents=True)
+        files[split].write_text("\n".join(lines) + "\n")
+    return files
+
+
+def trajectories_config(files: dict[str, Path], output_dir: Path, **changes) -> TrajectoriesConfig:
+    """ETH on the map (Swiss LV95, dated), 1 LM layer, 4 modes, 32 training windows: 4 windows published."""
+    base = {
+        "name": "eth-slice", "train_files": [files["train"]], "predict_files": [files["test"]],
+        "origin": (2683600.0, 1248000.0), "crs": "EPSG:2056", "start_time": "2009-01-01T12:00:00Z",
+        "model": {"llm_layers": 1, "modes": 4, "num_queries": 4},
+        "train": {"epochs": 1, "batch_size": 16, "max_windows": 32}, "output_dir": output_dir,
+    }
+    return TrajectoriesConfig(**base | changes)
+
+
+# -- sensors: PRSA Beijing ------------------------------------------------------------------------
+
+AOTI = "PRSA_Data_Aotizhongxin_20130301-20170228.csv"
+DINGLING = "PRSA_Data_Dingling_20130301-20170228.csv"
+
+
+def sensors_config(output_dir: Path, **changes) -> SensorsConfig:
+    """Two real stations over ten days (2 x 240 hours), 1 LM layer, 96 training rows."""
+    data = shared_data("prsa_beijing")
+    base = {
+        "name": "test-sensors",
+        "inputs": [str(data / AOTI), str(data / DINGLING)],
+        "period": ("2014-01-01T00:00", "2014-01-10T23:00"),
+        "model": {"llm_layers": 1},
+        "train": {"epochs": 1, "max_train_rows": 96},
+        "output_dir": output_dir,
+    }
+    return SensorsConfig(**base | changes)
+
+
+# -- traffic: the Los-loop week -------------------------------------------------------------------
+
+SENSORS, STEPS = 20, 300
+
+
+def traffic_slice(folder: Path, sensors: int = SENSORS, steps: int = STEPS) -> dict[str, Path]:
+    """The first ``sensors`` x ``steps`` of the Los-loop week, with the matching block of its adjacency."""
+    data = shared_data("traffic_la")
+    speeds = pd.read_csv(data / "tgcn_los" / "los_speed.csv", dtype=str).iloc[:steps, :sensors]
+    speeds.iloc[4, 2] = "0"  # a missing reading, METR-LA style
+    speeds.to_csv(folder / "speed.csv", index=False)
+    adjacency = np.loadtxt(data / "tgcn_los" / "los_adj.csv", delimiter=",")[:sensors, :sensors]
+    np.savetxt(folder / "adj.csv", adjacency, delimiter=",")
+    return {"speeds": folder / "speed.csv", "adjacency": folder / "adj.csv",
+            "locations": data / "dcrnn_sensor_graph" / "graph_sensor_locations.csv"}
+
+
+def traffic_config(files: dict[str, Path], output_dir: Path, **fields) -> TrafficConfig:
+    """1 LM layer, width 16, one epoch."""
+    return TrafficConfig(
+        name="test-traffic", **files, output_dir=output_dir,
+        model={"llm_layers": 1, "width": 16, "num_queries": 4, "bridge_depth": 1},
+        train={"epochs": 1, "batch_size": 32}, **fields,
+    )

@@ -1,0 +1,79 @@
+"""The ablation's switches on the real SmolLM2 (first 2 layers): no language model, no adapters, own prompt.
+
+``use_language_model: false`` must leave the LM out entirely (not run, so the prompt cannot matter),
+still train, and every flow's flat model config must pass the switches on to the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from allspark.config import RegionModelConfig
+from allspark.model import AllSpark, Trainer, TrainingSettings, seed_everything
+from allspark.sensors import SensorModelConfig
+from allspark.traffic import TrafficModelConfig
+from allspark.trajectories import TrajectoryModelConfig
+from tests.conftest import TEST_LLM_LAYERS
+
+pytestmark = pytest.mark.usefixtures("language_model")
+
+FLAT_CONFIGS = {
+    "region": (RegionModelConfig, {"num_classes": 3}, lambda c: c.allspark_config(["a", "b", "c"])),
+    "trajectories": (TrajectoryModelConfig, {}, lambda c: c.allspark_config(12)),
+    "sensors": (SensorModelConfig, {}, lambda c: c.allspark_config(10)),
+    "traffic": (TrafficModelConfig, {}, lambda c: c.allspark_config(num_nodes=5, horizon=12, step_minutes=5)),
+}
+
+
+@pytest.mark.parametrize("flow", FLAT_CONFIGS)
+def test_every_flow_config_passes_the_switches_to_the_model(flow):
+    config_class, required, to_model = FLAT_CONFIGS[flow]
+    default = to_model(config_class(**required))
+    assert default.use_language_model and default.prompt is None and default.adapters.every == 2
+    ablated = to_model(config_class(**required, use_language_model=False, adapter_every=0, prompt="Describe pancakes."))
+    assert not ablated.use_language_model and ablated.adapters.every == 0 and ablated.prompt == "Describe pancakes."
+
+
+def table_model(**overrides) -> AllSpark:
+    seed_everything(0)
+    config = SensorModelConfig(llm_layers=TEST_LLM_LAYERS, **overrides).allspark_config(10)
+    return AllSpark(config, device="cpu")
+
+
+def decoder_calls(model: AllSpark, inputs: dict) -> tuple[torch.Tensor, int]:
+    """The model's output in eval mode and how often the LM's decoder ran for it."""
+    calls = []
+    handle = model.reader.language_model.get_decoder().register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            output = model.eval()(inputs)
+    finally:
+        handle.remove()
+    return output, len(calls)
+
+
+def test_without_the_language_model_it_is_not_run_and_the_prompt_cannot_matter():
+    with_lm = table_model()
+    inputs, _ = with_lm.example_batch(4, seed=0)
+    read, calls = decoder_calls(with_lm, inputs)
+    assert calls == 1
+    with_lm.prompts = ("Describe a recipe for pancakes.",)
+    assert not torch.allclose(decoder_calls(with_lm, inputs)[0], read)  # with the LM, the prompt matters
+
+    without = table_model(use_language_model=False)  # adapter_every stays 2: no LM, no adapters anyway
+    assert len(without.reader.adapters) == 0
+    skipped, calls = decoder_calls(without, inputs)
+    assert calls == 0
+    without.prompts = ("Describe a recipe for pancakes.",)
+    torch.testing.assert_close(decoder_calls(without, inputs)[0], skipped, atol=0, rtol=0)
+
+
+def test_without_the_language_model_it_still_trains_and_the_lm_stays_untouched():
+    model = table_model(use_language_model=False)
+    inputs, target = model.example_batch(8, seed=1)
+    frozen = {k: v.clone() for k, v in model.reader.language_model.state_dict().items()}
+    trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=60), batches_per_epoch=1)
+    losses = [trainer.step(inputs, target) for _ in range(60)]
+    assert losses[-1] < 0.2 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+    assert all(torch.equal(frozen[k], v) for k, v in model.reader.language_model.state_dict().items())
