@@ -9,8 +9,9 @@ polygon. Scored on the held-out pixels: overall accuracy, kappa, per-class and m
 Baselines in the same run, trained on exactly the same training pixels:
 
 - a random forest on each pixel's six band values;
-- a random forest on the same chip-sized neighbourhood AllSpark sees (per band: the centre value,
-  the window's mean and standard deviation), so that the comparison is fair to context.
+- random forests on neighbourhoods (per band: the centre value, the window's mean and standard
+  deviation): 5x5, as in the data notes, and the chip-sized one AllSpark sees, so that the
+  comparison is fair to context.
 
     python -m bench.landcover            # the demo's setting: 4 LM layers, 6 epochs, every training pixel
     python -m bench.landcover --quick    # 2 LM layers, 2 epochs, 400 training pixels
@@ -51,6 +52,7 @@ PAPER = {
 DEFAULT = {"llm_layers": 4, "epochs": 6, "max_train_pixels": None, "chip_size": 16}
 QUICK = {"llm_layers": 2, "epochs": 2, "max_train_pixels": 400, "chip_size": 16}
 RF_TREES = 300
+NEIGHBOURHOOD = 5  # the data notes' random forest reads 5x5 windows
 
 
 @dataclass
@@ -113,12 +115,15 @@ def neighbourhood_features(image: np.ndarray, pixels: LabelledPixels, size: int)
 
 
 def run_baselines(data: LandCover, seed: int = 0) -> dict:
-    """Random forests on the training pixels' band values, and on their chip neighbourhoods."""
-    features = {
-        "random forest, pixel bands": lambda px: data.image[:, px.rows, px.cols].T,
-        f"random forest, {data.config.chips.size}x{data.config.chips.size} neighbourhood": (
-            lambda px: neighbourhood_features(data.image, px, data.config.chips.size)),
-    }
+    """Random forests on the training pixels' band values, and on 5x5 and chip-sized neighbourhoods.
+
+    The 5x5 window is the data notes' random forest (0.84 overall accuracy on a 5-fold whole-polygon
+    hold-out); the chip-sized one sees what AllSpark sees.
+    """
+    features = {"random forest, pixel bands": lambda px: data.image[:, px.rows, px.cols].T}
+    for size in sorted({NEIGHBOURHOOD, data.config.chips.size}):
+        features[f"random forest, {size}x{size} neighbourhood"] = (
+            lambda px, size=size: neighbourhood_features(data.image, px, size))
     results = {}
     for name, make in features.items():
         forest = RandomForestClassifier(n_estimators=RF_TREES, n_jobs=-1, random_state=seed)

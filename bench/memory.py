@@ -43,7 +43,7 @@ GOAL = 1.25
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny model (1 LM layer, narrow stem and bridge), chips without overlap")
+                        help="1 LM layer instead of 2, chips without overlap")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="multiples of the demo area")
     args = parser.parse_args()
     setting = SETTINGS["quick" if args.quick else "full"]

@@ -52,7 +52,7 @@ def run_on_cluster(workers: int, size: int, setting: dict, ckpt: Path, work: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="1x the demo area, a tiny model (1 LM layer, narrow stem and bridge), chips without overlap")
+                        help="1x the demo area, 1 LM layer instead of 2, chips without overlap")
     parser.add_argument("--size", type=int, default=None, help="multiple of the demo area (default 4, quick 1)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
