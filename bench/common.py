@@ -43,7 +43,9 @@ def environment() -> dict:
 
 
 def write_results(name: str, result: dict, table: list[str]) -> None:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` (the Markdown table), and print the table."""
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (the table, then ``result["notes"]``), and print it."""
+    if result.get("notes"):
+        table = [*table, "", *(f"- {note}" for note in result["notes"])]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text("\n".join(table) + "\n")

@@ -186,7 +186,6 @@ def main() -> None:
             *(f"| {r['device']} | {r['llm_layers']} | {r['batch']} | {r['chips_per_s']:.0f} | {r['tflop_per_s']:.1f} | "
               f"{_fmt(r['fraction_of_peak'], '.1%')} |" for r in gpu),
         ]
-    table += ["", *(f"- {note}" for note in notes)]
     write_results("inference", result, table)
 
 

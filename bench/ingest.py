@@ -203,8 +203,6 @@ def main() -> None:
         "|---|---|---:|---:|---:|",
         *(f"| {r['items']} | {r['grid']} | {r['odc_seconds']:.2f} | {r['stackstac_seconds']:.2f} | "
           f"{r['stackstac_over_odc']:.2f} |" for r in loaders),
-        "",
-        *(f"- {note}" for note in notes),
     ]
     write_results("ingest", result, table)
 

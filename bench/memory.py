@@ -102,8 +102,6 @@ def main() -> None:
           f"{r['wall_seconds']:.0f} | {r['steps_seconds']['predict']:.0f} | {mib(r['peak_total_bytes']):.0f} | "
           f"{mib(r['peak_by_kind_bytes']['flow']):.0f} | {mib(r['peak_by_kind_bytes']['dask worker']):.0f} | "
           f"{mib(max(r['peak_per_worker_bytes'], default=0)):.0f} | {r['peak_vs_smallest']:.2f}x |" for r in rows),
-        "",
-        *(f"- {note}" for note in notes),
     ]
     write_results("memory", result, table)
 

@@ -35,9 +35,7 @@ def _section(name: str, result: dict, table: str) -> list[str]:
     lines.append(f"`python -m bench.{name}` · {result.get('date', '?')} · {result.get('machine', '?')}")
     if result.get("settings"):
         lines += ["", f"Settings: {_settings_line(result['settings'])}."]
-    lines += ["", table]
-    if result.get("notes"):
-        lines += ["", *(f"- {note}" for note in result["notes"])]
+    lines += ["", table]  # the table file ends with the notes (bench.common.write_results)
     return [*lines, ""]
 
 

@@ -101,8 +101,6 @@ def main() -> None:
           f"{', '.join(f'{mib(b):.0f}' for b in r['peak_per_worker_bytes'])} | "
           f"{', '.join(f'{mib(b):.0f}' for b in r['idle_worker_bytes'])} | "
           f"{mib(r['peak_by_kind_bytes']['flow']):.0f} |" for r in rows),
-        "",
-        *(f"- {note}" for note in notes),
     ]
     write_results("scaling", result, table)
 
