@@ -333,7 +333,8 @@ def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budg
     headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
     notes = [
         *readings,
-        ("Rule used for 'clear': the difference of the means exceeds the sum of the two standard deviations "
+        ("Differences are signed so that positive means (c), AllSpark as it ships, is better. Rule used for "
+         "'clear': the difference of the means exceeds the sum of the two standard deviations "
          f"({len(seeds)} seed(s)); with so few seeds, anything within it is noise until shown otherwise."),
         (f"(d) replaces every prompt with {IRRELEVANT_PROMPT!r}; (c) draws one of the paper's prompts per training "
          "step and reads the first at evaluation."),

@@ -168,6 +168,9 @@ def main() -> None:
                      "quick": args.quick, "load_average_before": load},
         "rows": rows,
         "gpu_rows": gpu,
+        "headline": [("Region inference, fp32 on this CPU, chips/s with the prompt-prefix cache: "
+                      + ", ".join(f"{r['llm_layers']} LM layers {r['infer_chips_per_s_cached']:.0f}" for r in rows)
+                      + f"; the cache's speed-up: {', '.join(speedups) or 'not measured'}.")],
         "notes": notes,
     }
     table = [

@@ -155,13 +155,13 @@ def main() -> None:
     build_mosaic()
     ingest, sizes = ingest_rows(repeats)
     loaders = loader_rows(stack_px, repeats)
-    raw, load, chipped, demo, _, best = ingest
+    raw, load_only, chipped, demo, _, best = ingest
     notes = [
         f"Ingest against the raw read: {demo['vs_raw']:.2f} with the demo chips (overlap 8, every pixel written "
         f"4 times) and {best['vs_raw']:.2f} at overlap 0; the goal is {GOAL}: "
         + ("met." if best["vs_raw"] >= GOAL else f"missed by {GOAL - best['vs_raw']:.2f} at overlap 0."),
-        (f"Where the time goes (demo chips, stage rows): the lazy load alone runs at {load['vs_raw']:.2f} of the raw "
-        f"read ({load['seconds']:.2f} s against {raw['seconds']:.2f} s); chipping brings it to "
+        (f"Where the time goes (demo chips, stage rows): the lazy load alone runs at {load_only['vs_raw']:.2f} of the raw "
+        f"read ({load_only['seconds']:.2f} s against {raw['seconds']:.2f} s); chipping brings it to "
         f"{chipped['seconds']:.2f} s and the Zarr write (and the search) to {demo['seconds']:.2f} s. The load is held "
         "back by odc-stac's per-chunk work (opening the COG, planning the read, float32 conversion, nodata to NaN); "
         "chipping copies every pixel into overlapping chips; the write checks each chip for data and compresses "
@@ -187,8 +187,12 @@ def main() -> None:
         "ingest": ingest,
         "raw_seconds_by_threads": sizes["raw_seconds_by_threads"],
         "loaders": loaders,
-        "headline": {"ingest_vs_raw_demo_chips": demo["vs_raw"], "ingest_vs_raw_overlap0": best["vs_raw"],
-                     "stackstac_over_odc": {r["items"]: r["stackstac_over_odc"] for r in loaders}},
+        "headline": [
+            (f"Ingest (search, load, chips, Zarr) at {best['vs_raw']:.2f} of the raw rasterio read at chip overlap 0, "
+             f"{demo['vs_raw']:.2f} with the demo's overlap 8 (goal {GOAL})."),
+            ("stackstac's time over odc-stac's: "
+             + "; ".join(f"{r['items']} {r['stackstac_over_odc']:.2f}" for r in loaders) + "."),
+        ],
         "notes": notes,
     }
     table = [

@@ -91,7 +91,8 @@ def main() -> None:
             "quick": args.quick, "load_average_before": load,
         },
         "rows": rows,
-        "headline": {"peak_16x_over_1x": growth},
+        "headline": [f"Peak memory of the region flow at {last['size']}x the demo area: {growth:.2f}x the peak at "
+                     f"{base['size']}x (goal at most {GOAL}x)."],
         "notes": notes,
     }
     table = [

@@ -67,7 +67,9 @@ def render(runs: list[dict] | None = None, total_seconds: float | None = None) -
                   f"{r['exit_status']}{'' if r['exit_status'] == 0 else ' (failed: see its output)'} |"
                   for r in suite["runs"]]
         lines += ["", f"Suite wall time: {suite['seconds'] / 60:.1f} min.", ""]
-    headlines = [h for result, _ in loaded.values() for h in result.get("headline", [])]
+    # A benchmark without headline lines is represented by its first note.
+    headlines = [h for name, (result, _) in loaded.items()
+                 for h in result.get("headline") or [f"{name}: {note}" for note in result.get("notes", [])[:1]]]
     if headlines:
         lines += ["## Headlines", "", *(f"- {h}" for h in headlines), ""]
     for name, (result, table) in loaded.items():

@@ -88,7 +88,8 @@ def main() -> None:
                      "load_average_before": load,
                      "quick": args.quick},
         "rows": rows,
-        "headline": {"speedup": last["speedup"], "predict_speedup": last["predict_speedup"]},
+        "headline": [f"{last['workers']} Dask workers against {base['workers']} on {os.cpu_count()} cores: the run "
+                     f"{last['speedup']:.2f}x as fast, inference {last['predict_speedup']:.2f}x."],
         "notes": notes,
     }
     table = [
