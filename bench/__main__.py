@@ -16,8 +16,8 @@ import subprocess
 import sys
 import time
 
-from bench.report import render
 from bench.common import RESULTS
+from bench.report import render
 
 # In the order they run; the quick suite is the first part of the full one.
 QUICK = ["ingest", "inference", "memory", "scaling", "landcover"]

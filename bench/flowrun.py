@@ -31,7 +31,7 @@ import psutil
 
 from allspark.config import RegionConfig
 from bench.mosaic import CONFIG, window_aoi, year_range
-from flows.serve import HOST, PREFECT, START_TIMEOUT, _healthy, api_url
+from flows.serve import HOST, PREFECT, START_TIMEOUT, api_url, server_healthy
 
 DEMO_ROWS, DEMO_COLS = 443, 489
 SAMPLE_SECONDS = 0.1
@@ -94,7 +94,7 @@ def prefect_server(log: Path) -> Iterator[str]:
     previous = os.environ.get("PREFECT_API_URL")
     try:
         deadline = time.monotonic() + START_TIMEOUT
-        while not _healthy(url):
+        while not server_healthy(url):
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Prefect server did not start; see {log}:\n{log.read_text()[-2000:]}")
             time.sleep(0.5)

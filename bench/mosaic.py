@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,11 +35,12 @@ from allspark.demo_data import (
     DEMO_BANDS,
     DEMO_EPSG,
     IMAGE_ITEM_ID,
-    _add_cog_asset,
-    _add_projection,
-    _footprint,
-    _Raster,
+    RasterInfo,
+    add_cog_asset,
+    add_projection,
     build_demo_catalog,
+    build_static_catalog,
+    footprint,
 )
 from allspark.paths import cache_dir
 from allspark.stac import load_catalog_config, search_items
@@ -61,55 +60,38 @@ def mosaic_root() -> Path:
 
 
 def build_mosaic(root: Path | None = None) -> Path:
-    """Build the mosaic catalog (idempotent) and return its catalog.json.
+    """Build the mosaic catalog (idempotent, atomic: see :func:`build_static_catalog`); return its catalog.json."""
 
-    Built in a temporary folder beside ``root`` and renamed into place, so ``root`` is either
-    absent or complete.
-    """
-    root = (Path(root) if root is not None else mosaic_root()).expanduser().resolve()
-    catalog_json = root / "catalog.json"
-    if catalog_json.exists():
-        return catalog_json
-    if root.exists():
-        raise FileExistsError(f"{root} exists but holds no catalog.json; remove it and run again")
-    demo = pystac.read_file(str(build_demo_catalog()))
-    demo_item = next(item for item in demo.get_items(recursive=True) if item.id == IMAGE_ITEM_ID)
-    bands = {band.key: _uint16(demo_item.assets[band.key].get_absolute_href()) for band in DEMO_BANDS}
-    with rasterio.open(demo_item.assets[DEMO_BANDS[0].key].get_absolute_href()) as src:
-        origin = src.transform
-    transform = rasterio.Affine(origin.a, 0.0, origin.c, 0.0, origin.e, origin.f)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-building-", dir=root.parent))
-    try:
-        raster = _Raster(shape=(SIZE, SIZE), transform=list(transform)[:6], bounds=_bounds(transform),
-                         dtype="uint16", nodata=NODATA)
+    def write(tmp: Path, final_root: Path) -> pystac.Catalog:
+        demo = pystac.read_file(str(build_demo_catalog()))
+        demo_item = next(item for item in demo.get_items(recursive=True) if item.id == IMAGE_ITEM_ID)
+        bands = {band.key: _uint16(demo_item.assets[band.key].get_absolute_href()) for band in DEMO_BANDS}
+        with rasterio.open(demo_item.assets[DEMO_BANDS[0].key].get_absolute_href()) as src:
+            origin = src.transform
+        transform = rasterio.Affine(origin.a, 0.0, origin.c, 0.0, origin.e, origin.f)
+        raster = RasterInfo(shape=(SIZE, SIZE), transform=list(transform)[:6], bounds=_bounds(transform),
+                            dtype="uint16", nodata=NODATA)
         jobs = [(year, flips, band) for year, flips in zip(YEARS, FLIPS, strict=True) for band in DEMO_BANDS]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # GDAL compresses without the GIL
-            list(pool.map(lambda job: _write_band(tmp, bands[job[2].key], job[1], transform,
+            list(pool.map(lambda job: _write_band(bands[job[2].key], job[1], transform,
                                                   _href(tmp, job[0], job[2].key)), jobs))
         collection = pystac.Collection(
             COLLECTION,
             description="Demo Landsat 7 bands mirrored into 4096 x 4096 px uint16 COGs, one item per year (benchmarks).",
             extent=pystac.Extent(
-                pystac.SpatialExtent([_footprint(raster)[1]]),
+                pystac.SpatialExtent([footprint(raster)[1]]),
                 pystac.TemporalExtent([[dt.datetime(YEARS[0], 7, 1, tzinfo=dt.UTC),
                                         dt.datetime(YEARS[-1], 7, 1, tzinfo=dt.UTC)]]),
             ),
             license="CC-BY-SA-3.0",
         )
-        collection.add_items([_item(year, flips, raster, root) for year, flips in zip(YEARS, FLIPS, strict=True)])
+        collection.add_items([_item(year, flips, raster, final_root)
+                              for year, flips in zip(YEARS, FLIPS, strict=True)])
         catalog = pystac.Catalog("bench-mosaic", "AllSpark benchmark mosaic (synthetic, from the demo scene)")
         catalog.add_child(collection)
-        catalog.normalize_hrefs(str(root))
-        catalog.save(pystac.CatalogType.ABSOLUTE_PUBLISHED, dest_href=str(tmp))
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not catalog_json.exists():  # not a concurrent build that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return catalog_json
+        return catalog
+
+    return build_static_catalog(root if root is not None else mosaic_root(), write)
 
 
 def _uint16(href: str) -> np.ndarray:
@@ -128,7 +110,7 @@ def _href(root: Path, year: int, key: str) -> Path:
     return root / COLLECTION / f"mosaic-{year}" / f"{key}.tif"
 
 
-def _write_band(folder: Path, band: np.ndarray, flips: tuple[bool, bool], transform, path: Path) -> None:
+def _write_band(band: np.ndarray, flips: tuple[bool, bool], transform, path: Path) -> None:
     """Mirror a flipped demo band to SIZE x SIZE and write it as a COG (tiled 512, deflate, overviews)."""
     flipped = band[::-1] if flips[0] else band
     flipped = flipped[:, ::-1] if flips[1] else flipped
@@ -143,8 +125,8 @@ def _write_band(folder: Path, band: np.ndarray, flips: tuple[bool, bool], transf
             cog_translate(src, str(path), profile, overview_resampling="nearest", in_memory=True, quiet=True)
 
 
-def _item(year: int, flips: tuple[bool, bool], raster: _Raster, root: Path) -> pystac.Item:
-    geometry, bbox = _footprint(raster)
+def _item(year: int, flips: tuple[bool, bool], raster: RasterInfo, root: Path) -> pystac.Item:
+    geometry, bbox = footprint(raster)
     item = pystac.Item(
         f"mosaic-{year}", geometry, bbox, dt.datetime(year, 7, 1, tzinfo=dt.UTC),
         properties={
@@ -156,9 +138,9 @@ def _item(year: int, flips: tuple[bool, bool], raster: _Raster, root: Path) -> p
             "gsd": raster.transform[0],
         },
     )
-    _add_projection(item, raster)
+    add_projection(item, raster)
     for band in DEMO_BANDS:
-        asset = _add_cog_asset(item, band.key, _href(root, year, band.key), raster,
+        asset = add_cog_asset(item, band.key, _href(root, year, band.key), raster,
                                f"Band {band.key[1:]} ({band.common_name}), mirrored")
         EOExtension.ext(asset, add_if_missing=True).bands = [
             Band.create(name=band.key, common_name=band.common_name, center_wavelength=band.center_wavelength)

@@ -137,7 +137,8 @@ def _port_in_use(port: int) -> bool:
         return probe.connect_ex((HOST, port)) == 0
 
 
-def _healthy(url: str) -> bool:
+def server_healthy(url: str) -> bool:
+    """Whether the Prefect server at ``url`` answers its health check."""
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200
@@ -163,7 +164,7 @@ def ensure_server(port: int) -> str:
     if state is not None:
         if state["url"] != api_url(port):
             print(f"A server started earlier runs at {state['url']}; `make serve-stop` first to change the port.")
-        _wait(lambda: _healthy(state["url"]), server, "Prefect server")
+        _wait(lambda: server_healthy(state["url"]), server, "Prefect server")
         return state["url"]
     url = api_url(port)
     if _port_in_use(port):
@@ -171,7 +172,7 @@ def ensure_server(port: int) -> str:
                          f"or ALLSPARK_PREFECT_PORT")
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     server.start([*PREFECT, "server", "start", "--host", HOST, "--port", str(port)], env, url=url)
-    _wait(lambda: _healthy(url), server, "Prefect server")
+    _wait(lambda: server_healthy(url), server, "Prefect server")
     return url
 
 
@@ -220,7 +221,7 @@ def start(port: int, pool: str, dask_address: str | None, paused: bool) -> None:
     from flows.deployments import all_deployments, register
 
     shared = os.environ.get("PREFECT_API_URL")
-    if shared and not _healthy(shared):
+    if shared and not server_healthy(shared):
         raise ServeError(f"the Prefect server at PREFECT_API_URL={shared} does not answer")
     url = shared or ensure_server(port)
     with temporary_settings(updates={PREFECT_API_URL: url}):
