@@ -1,4 +1,4 @@
-"""One training step for any AllSpark model: AdamW, cosine schedule with warm-up, accumulation.
+"""Training for any AllSpark model: AdamW, cosine schedule with warm-up, accumulation, the epoch loop.
 
 The defaults are the paper's per-modality settings (learning rate, epochs, warm-up epochs; see
 the registry). Gradients accumulate over ``accumulation_steps`` micro-batches before each
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -87,6 +88,34 @@ class Trainer:
         if self.micro_steps % self.settings.accumulation_steps == 0:
             self._update()
         return float(loss.detach())
+
+    def fit(
+        self,
+        examples: int,
+        make_batch: Callable[[torch.Tensor], tuple[Mapping[str, torch.Tensor], torch.Tensor]],
+        batch_size: int,
+        generator: torch.Generator,
+        log: Callable[[str], None] = print,
+        validate: Callable[[], Mapping[str, float | None]] | None = None,
+    ) -> dict:
+        """Run ``settings.epochs`` epochs over ``examples`` examples in a seeded random order.
+
+        ``make_batch(indices)`` returns the inputs and target of those examples; ``validate()``,
+        if given, is called after every epoch and its figures join the epoch's record. Returns
+        ``{"epochs": [{"epoch", "loss", ...validation}], "seconds"}``; the loss is the mean over examples.
+        """
+        history, started = [], time.perf_counter()
+        for epoch in range(1, self.settings.epochs + 1):
+            total = 0.0
+            for batch in torch.randperm(examples, generator=generator).split(batch_size):
+                total += self.step(*make_batch(batch)) * len(batch)
+            self.finish_epoch()
+            record = {"epoch": epoch, "loss": total / examples, **(validate() if validate else {})}
+            history.append(record)
+            log(f"epoch {epoch}/{self.settings.epochs}: " + ", ".join(
+                f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in record.items() if key != "epoch"))
+        return {"epochs": history, "seconds": round(time.perf_counter() - started, 1)}
 
     def finish_epoch(self) -> None:
         """End an epoch: apply gradients left over when its micro-batches do not fill the last step."""

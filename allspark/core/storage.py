@@ -1,4 +1,10 @@
-"""Filesystem locations shared by the pipeline: the cache, file stamps, storage checks and run locks."""
+"""The work folder of a run, keyed by its config and by what its input files hold; storage checks and run locks.
+
+One way to cache: each step writes its store atomically into the run's work folder and skips the
+work when the complete store is already there. The folder's name is the config's fingerprint
+plus a digest of every input file's content, so a changed input (even replaced in place under the
+same name) gets a fresh folder, and a deleted or half-written store is simply rebuilt.
+"""
 
 from __future__ import annotations
 
@@ -13,25 +19,40 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from allspark.errors import StorageError
+from allspark.settings import cache_dir, work_root
+
 # Room every run needs beyond its estimate: the checkpoint and its published copy, metadata, logs.
 RESERVE_BYTES = 128 * 2**20
+# Files up to this size are hashed in full; larger ones (imagery) by size, modification time and
+# their first and last MiB, which a replaced or rewritten file changes.
+FULL_HASH_BYTES = 16 * 2**20
+EDGE_BYTES = 2**20
 
 
-class StorageError(ValueError):
-    """A folder a run must write that cannot be written or lacks room; the message names the folder."""
+def content_digest(paths: Iterable[Path]) -> str:
+    """A short digest of what the files hold (see :data:`FULL_HASH_BYTES`), in the given order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0".encode())
+        with open(path, "rb") as file:
+            if stat.st_size <= FULL_HASH_BYTES:
+                digest.update(file.read())
+            else:
+                digest.update(str(stat.st_mtime_ns).encode())
+                digest.update(file.read(EDGE_BYTES))
+                file.seek(-EDGE_BYTES, os.SEEK_END)
+                digest.update(file.read(EDGE_BYTES))
+    return digest.hexdigest()[:16]
 
 
-def cache_dir() -> Path:
-    """Root of AllSpark's on-disk cache (models, intermediate files).
-
-    ``$ALLSPARK_CACHE`` wins; otherwise ``~/.cache/allspark``. The directory is not created here.
-    """
-    return Path(os.environ.get("ALLSPARK_CACHE", Path.home() / ".cache" / "allspark"))
-
-
-def file_stamps(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
-    """Path, size and modification time of each file: given to a cached step, a changed file invalidates it."""
-    return [(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+def work_dir(name: str, fingerprint: str, inputs: Iterable[Path] = ()) -> Path:
+    """The work folder of a run named ``name`` with config ``fingerprint`` over the files ``inputs``."""
+    inputs = list(inputs)
+    key = fingerprint if not inputs else hashlib.sha256(f"{fingerprint}:{content_digest(inputs)}".encode()).hexdigest()[:16]
+    return work_root() / f"{name}-{key}"
 
 
 def total_size(paths: Iterable[Path]) -> int:

@@ -1,0 +1,147 @@
+"""Typed run configuration shared by every kind of data.
+
+Every config rejects unknown keys (``extra="forbid"``), so a typo in a YAML file fails loudly
+instead of silently falling back to a default. A run config is :class:`RunConfig` plus the kind's
+own fields; the language model and training are one nested block each
+(:class:`LanguageModelSettings`, :class:`TrainSettings`), the same for every kind. The resolved
+config is written beside every output, so a published result always says what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from allspark.core.storage import work_dir
+from allspark.errors import ConfigError
+from allspark.model.llm import SMOLLM2
+
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+
+
+class StrictModel(BaseModel):
+    """A config block that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SettingsBlock(BaseModel):
+    """A frozen config block that refuses unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LanguageModelSettings(SettingsBlock):
+    """The causal language model AllSpark reads the modality tokens with, and how it is used."""
+
+    llm: str = Field(SMOLLM2, description='"smollm2" (registry wheel), a local path or a cached HF model id')
+    layers: int | None = Field(4, ge=1, description="keep the first N decoder layers of the LM (None: all 30)")
+    adapter_every: int = Field(2, ge=0, description="an LM adapter after every N-th decoder layer; 0 = none")
+    prompt: str | None = Field(None, min_length=1, description="user prompt replacing the paper's prompts")
+    use_prefix_cache: bool = Field(True, description="compute the prompt's LM states once per batch shape")
+    prompt_seed: int = Field(0, description="seed of the per-step prompt draw in training")
+    enabled: bool = Field(True, description="False: encoder, bridge and head only (the ablation)")
+
+    def allspark_fields(self) -> dict[str, Any]:
+        """The :class:`allspark.model.AllSparkConfig` fields this block sets."""
+        return {
+            "llm": self.llm,
+            "llm_layers": self.layers,
+            "adapters": {"every": self.adapter_every},
+            "prompt": self.prompt,
+            "use_prefix_cache": self.use_prefix_cache,
+            "prompt_seed": self.prompt_seed,
+            "use_language_model": self.enabled,
+        }
+
+
+class TrainSettings(SettingsBlock):
+    """Fine-tuning: AdamW with a cosine schedule after a linear warm-up; kinds add their own sampling fields."""
+
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, description="peak learning rate after warm-up")
+    warmup_epochs: float = Field(0.2, ge=0, description="linear warm-up, in epochs (fractions allowed)")
+    weight_decay: float = Field(0.05, ge=0)
+
+    def schedule(self):
+        """The model's :class:`allspark.model.training.TrainingSettings` (imports torch: only when training)."""
+        from allspark.model.training import TrainingSettings
+
+        return TrainingSettings(learning_rate=self.learning_rate, epochs=self.epochs,
+                                warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay)
+
+
+class RunConfig(StrictModel):
+    """Base of every kind's run config: one output location, a seed, a fingerprint and YAML to publish.
+
+    ``kind`` names the pipeline in error messages; ``runtime_fields`` say where and how a run
+    happens without changing what it computes, so they stay out of the fingerprint (and so out of
+    the work folder's name).
+    """
+
+    kind: ClassVar[str] = "run"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
+    name: str = Field(pattern=NAME_PATTERN, description="names the output folder and the work folder")
+    output_dir: Path = Field(Path("outputs"), description="published outputs go to output_dir/name")
+    seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
+
+    @property
+    def publish_dir(self) -> Path:
+        """Where this run's published outputs live: ``output_dir/name``."""
+        return self.output_dir / self.name
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that changes the outputs (not where they are written)."""
+        payload = self.model_dump(mode="json", exclude=set(self.runtime_fields))
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def input_files(self) -> list[Path]:
+        """The files this run reads (their content keys the work folder); kinds with file inputs override it."""
+        return []
+
+    def work_dir(self, inputs: Iterable[Path] = ()) -> Path:
+        """This run's work folder: keyed by the fingerprint and the content of its input files (and ``inputs``).
+
+        Computed once per run (it reads the inputs) and carried in :class:`~allspark.core.steps.Ingested`.
+        """
+        return work_dir(self.name, self.fingerprint(), [*self.input_files(), *inputs])
+
+
+Config = TypeVar("Config", bound=RunConfig)
+
+
+def load_config(config_class: type[Config], path: str | Path | None = None, **overrides: object) -> Config:
+    """Read a run config from YAML (or the defaults), apply overrides that are not None, validate.
+
+    Errors name the file and the offending keys, e.g. an unknown key from a typo.
+    """
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return config_class.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid {config_class.kind} config ({source}): {problems}") from None
