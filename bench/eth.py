@@ -2,7 +2,7 @@
 
 Trains on the training splits of the other four scenes (hotel, univ, zara1, zara2: the files in
 ``eth_ucy/eth/train``) and tests on the eth test file, with Social-GAN windows (see
-:data:`allspark.trajectories.WINDOW_RULE`). Reports ADE/FDE in metres of the single most likely
+:data:`allspark.trajectories.read.WINDOW_RULE`). Reports ADE/FDE in metres of the single most likely
 future and best-of-20 (min over K, ADE and FDE each on its own), the constant-velocity baseline
 on the same windows, the training time, the LM depth, the epochs and the training windows.
 
@@ -22,11 +22,16 @@ ablation (``bench.ablation``) calls.
 from __future__ import annotations
 
 import argparse
-import shutil
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from allspark import trajectories as tr
+from allspark.core.bundle import load_bundle
+from allspark.core.steps import Ingested
+from allspark.trajectories import inputs, steps
+from allspark.trajectories.config import TrajectoriesConfig
+from allspark.trajectories.read import WINDOW_RULE, read_windows
 from bench.common import environment, write_results
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eth_ucy" / "eth"
@@ -37,37 +42,40 @@ QUICK_SETTING = {"train_windows": 1000, "epochs": 1, "llm_layers": 2}
 
 def eth_config(data: Path, seed: int, train_windows: int, epochs: int, llm_layers: int, learning_rate: float,
                warmup_epochs: float, batch_size: int = 32, modes: int = 20, positions: bool = False,
-               model: dict | None = None, name: str = "bench-eth") -> tr.TrajectoriesConfig:
-    """The trajectories flow's config for one run (``model``: overrides of the model config; 0 = all)."""
-    return tr.TrajectoriesConfig(
+               language: dict | None = None, name: str = "bench-eth") -> TrajectoriesConfig:
+    """The trajectories pipeline's config for one run (``language``: overrides of the LM block; 0 = all)."""
+    return TrajectoriesConfig(
         name=name, train_files=[data / "train"], predict_files=[data / "test"], seed=seed,
-        model={"llm_layers": llm_layers or None, "modes": modes, "predict_residual": not positions, **(model or {})},
+        model={"modes": modes, "predict_residual": not positions},
+        language={"layers": llm_layers or None, **(language or {})},
         train={"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "warmup_epochs": warmup_epochs, "max_windows": train_windows or None},
     )
 
 
-def run_allspark(config: tr.TrajectoriesConfig, stores: dict[str, str], cleanup: bool = False, log=print) -> dict:
-    """Fine-tune a fresh model on ``stores["train"]`` and score it on ``stores["predict"]`` (metres).
+def run_allspark(config: TrajectoriesConfig, ingested: Ingested, log=print) -> dict:
+    """Fine-tune a fresh model on the ingested training windows and score it on the test windows (metres).
 
-    ``cleanup`` removes the run's work folder (its checkpoint) afterwards: the ablation's many runs.
+    The model is trained in a temporary folder and removed afterwards: every run trains anew,
+    and the ablation's many runs leave nothing behind.
     """
-    trained = tr.fine_tune_trajectories(config, stores["train"], log=log)
-    test, _ = tr.read_windows(stores["predict"])
-    started = time.perf_counter()
-    futures, _ = tr.predict_windows(trained["checkpoint"], test, config.inference_batch)
-    inference_seconds = time.perf_counter() - started
-    if cleanup:
-        shutil.rmtree(config.work_dir())
-    return {**tr.summarise(tr.displacement_errors(futures, test.future)), "training": trained["metrics"],
-            "train_seconds": trained["metrics"]["training_seconds"], "inference_seconds": round(inference_seconds, 1),
+    test, _ = read_windows(ingested.store / "predict.zarr")
+    with tempfile.TemporaryDirectory(prefix="bench-eth-") as scratch:
+        trained = steps.train(config, replace(ingested, work_dir=Path(scratch)), log=log)
+        started = time.perf_counter()
+        bundle = load_bundle(trained.checkpoint, inputs.TrajectoryPreprocessing)
+        futures, _ = inputs.predict_windows(bundle.model, bundle.preprocessing, test, config.inference_batch)
+        inference_seconds = time.perf_counter() - started
+    return {**inputs.summarise(inputs.displacement_errors(futures, test.future)), "training": trained.metrics,
+            "train_seconds": trained.metrics["training_seconds"], "inference_seconds": round(inference_seconds, 1),
             "test_windows": len(test)}
 
 
-def constant_velocity_baseline(stores: dict[str, str], future_steps: int) -> dict:
+def constant_velocity_baseline(ingested: Ingested, future_steps: int) -> dict:
     """ADE/FDE of walking straight on at the last observed velocity, on the test windows."""
-    test, _ = tr.read_windows(stores["predict"])
-    errors = tr.summarise(tr.displacement_errors(tr.constant_velocity(test.observed, future_steps), test.future))
+    test, _ = read_windows(ingested.store / "predict.zarr")
+    errors = inputs.summarise(inputs.displacement_errors(inputs.constant_velocity(test.observed, future_steps),
+                                                         test.future))
     return {"ade": errors["ade"], "fde": errors["fde"]}
 
 
@@ -95,10 +103,10 @@ def main() -> None:
     config = eth_config(args.data, args.seed, args.train_windows, args.epochs, args.llm_layers, args.learning_rate,
                         args.warmup_epochs, args.batch_size, args.modes, args.positions)
     started = time.perf_counter()
-    ingest = tr.ingest_trajectories(config)
+    ingested = steps.ingest(config)
     ingest_seconds = time.perf_counter() - started
-    allspark = run_allspark(config, ingest["stores"])
-    baseline = constant_velocity_baseline(ingest["stores"], config.future_steps)
+    allspark = run_allspark(config, ingested)
+    baseline = constant_velocity_baseline(ingested, config.future_steps)
     fine_tuning = allspark.pop("training")
     depth = args.llm_layers or 30
     gap = allspark["min_ade"] - PAPER["ade"]
@@ -107,10 +115,10 @@ def main() -> None:
         "title": "ETH leave-one-scene-out trajectories (8 -> 12): AllSpark vs constant velocity",
         **environment(),
         "protocol": "ETH/UCY leave-one-scene-out: train eth/train (hotel, univ, zara1, zara2), test eth/test; "
-                    "8 observed -> 12 future steps at 2.5 fps; " + tr.WINDOW_RULE,
+                    "8 observed -> 12 future steps at 2.5 fps; " + WINDOW_RULE,
         "settings": {**vars(args), "data": str(args.data), "paper_setting": PAPER_SETTING,
                      "cpu_reduced": not args.full},
-        "counts": ingest["counts"],
+        "counts": dict(ingested.summary),
         "test_windows": allspark["test_windows"],
         "training": fine_tuning,
         "ingest_seconds": round(ingest_seconds, 1),

@@ -2,8 +2,8 @@
 
 One real week of METR-LA (207 sensors, 2,016 five-minute steps; ../shared/data/traffic_la),
 split in time 70/10/20; MAE, RMSE and MAPE (zeros masked) at 15, 30 and 60 minutes on the test
-windows. The model is fine-tuned with the traffic flow's own library steps (ingest, fine-tune,
-infer). A proxy, not the paper's METR-LA figure. Writes bench/results/losloop.json and .md.
+windows. The model is fine-tuned with the traffic pipeline's own steps (``allspark.traffic.steps``:
+ingest, train, predict). A proxy, not the paper's METR-LA figure. Writes bench/results/losloop.json and .md.
 
 The defaults fit about 10 minutes on a 2-core CPU: 2 SmolLM2 layers, encoder width 32 with one
 temporal and one spatial layer, 3 epochs at 1e-3 over every 3rd training window. ``--full`` is
@@ -21,17 +21,17 @@ absolute speeds; with the short CPU schedule it stays behind both baselines).
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from allspark.traffic import (
-    PROXY_NOTE,
-    TrafficConfig,
-    infer_traffic,
-    ingest_traffic,
-    train_traffic,
-)
+import xarray as xr
+
+from allspark.core.steps import Ingested
+from allspark.traffic import steps
+from allspark.traffic.config import TrafficConfig
 from bench.common import environment, write_results
 
 DATA = Path(os.environ.get("ALLSPARK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "traffic_la"
@@ -39,6 +39,10 @@ REFERENCES = [
     "AllSpark paper, METR-LA (four months), 60 min: MAE 3.81 / RMSE 7.52 / MAPE 11.24 %",
     "data README, Los-loop week, last value, 60 min: MAE 5.80 / RMSE 10.90 / MAPE 15.7 %",
 ]
+PROXY_NOTE = (
+    "Los-loop is one real week of METR-LA (207 sensors, 2,016 five-minute steps): a proxy, not the "
+    "paper's METR-LA figure (four months; AllSpark 60 min MAE 3.81 / RMSE 7.52 / MAPE 11.24 %)."
+)
 QUICK = {"epochs": 1, "window_stride": 6}
 FULL = {"llm_layers": 0, "epochs": 10, "learning_rate": 8e-5, "warmup_epochs": 2.0, "window_stride": 1,
         "width": 152, "temporal_depth": 3, "spatial_depth": 3}
@@ -73,32 +77,36 @@ def parse_args() -> argparse.Namespace:
 def losloop_config(seed: int, llm_layers: int, epochs: int, learning_rate: float, warmup_epochs: float,
                    window_stride: int, batch_size: int = 32, width: int = 32, temporal_depth: int = 1,
                    spatial_depth: int = 1, start: str = "2012-03-05T00:00:00-08:00", absolute: bool = False,
-                   model: dict | None = None, name: str = "bench-losloop") -> TrafficConfig:
-    """The traffic flow's config for one run on the Los-loop week (``model``: overrides; ``llm_layers`` 0 = all)."""
+                   language: dict | None = None, name: str = "bench-losloop") -> TrafficConfig:
+    """The traffic config of one run on the Los-loop week (``language``: LM overrides; ``llm_layers`` 0 = all)."""
     return TrafficConfig(
         name=name,
         speeds=DATA / "tgcn_los" / "los_speed.csv",
         adjacency=DATA / "tgcn_los" / "los_adj.csv",
         locations=DATA / "dcrnn_sensor_graph" / "graph_sensor_locations.csv",
         start=start,
-        model={"llm_layers": llm_layers or None, "width": width, "temporal_depth": temporal_depth,
-               "spatial_depth": spatial_depth, "predict_change": not absolute, **(model or {})},
+        model={"width": width, "temporal_depth": temporal_depth, "spatial_depth": spatial_depth,
+               "predict_change": not absolute},
+        language={"layers": llm_layers or None, **(language or {})},
         train={"epochs": epochs, "learning_rate": learning_rate, "warmup_epochs": warmup_epochs,
                "window_stride": window_stride, "batch_size": batch_size},
         seed=seed,
     )
 
 
-def run_allspark(config: TrafficConfig, store: str, cleanup: bool = False, log=print) -> dict:
-    """Fine-tune a fresh graph model on the ingested week in ``store``; score it and both baselines.
+def run_allspark(config: TrafficConfig, ingested: Ingested, log=print) -> dict:
+    """Fine-tune a fresh graph model on the ingested week; score it and both baselines on the test windows.
 
-    ``cleanup`` removes the run's work folder (checkpoint, forecasts) afterwards: the ablation's many runs.
+    The model and its forecasts live in a temporary folder, removed afterwards: every run trains
+    anew, and the ablation's many runs leave nothing behind.
     """
-    trained = train_traffic(config, store, log)
-    inferred = infer_traffic(config, store, trained["checkpoint"])
-    if cleanup:
-        shutil.rmtree(config.work_dir())
-    return {"trained": trained, **inferred}
+    with tempfile.TemporaryDirectory(prefix="bench-losloop-") as scratch:
+        run = replace(ingested, work_dir=Path(scratch))
+        trained = steps.train(config, run, log=log)
+        predicted = steps.predict(config, run, trained)
+        metrics = json.loads(xr.open_zarr(predicted.store, consolidated=False, zarr_format=3).attrs["metrics"])
+    return {"trained": trained.metrics, "metrics": metrics, "test_windows": predicted.summary["test_windows"],
+            "inference_seconds": predicted.summary["inference_seconds"]}
 
 
 def main() -> None:
@@ -106,10 +114,10 @@ def main() -> None:
     config = losloop_config(args.seed, args.llm_layers, args.epochs, args.learning_rate, args.warmup_epochs,
                             args.window_stride, args.batch_size, args.width, args.temporal_depth, args.spatial_depth,
                             args.start, args.absolute)
-    ingested = ingest_traffic(config)
-    inferred = run_allspark(config, ingested["store"])
+    ingested = steps.ingest(config)
+    inferred = run_allspark(config, ingested)
     trained = inferred.pop("trained")
-    depth = config.model.llm_layers or "all (30)"
+    depth = config.language.layers or "all (30)"
     setting = ("full (paper schedule, STAEformer size)" if args.full else
                "quick (smaller than the CPU default)" if args.quick else "CPU (smaller than the paper's)")
     metrics = inferred["metrics"]
@@ -128,8 +136,8 @@ def main() -> None:
         "protocol": "12 five-minute steps in, 12 out; chronological 70/10/20 split of the week's steps, windows "
                     "wholly inside one part; zeros (missing) masked; historical average = mean training speed "
                     "per sensor and time-of-day slot",
-        "config": config.model_dump(mode="json", include={"start", "split", "model", "train", "seed"}),
-        "data": ingested | {"test_windows": inferred["test_windows"]},
+        "config": config.model_dump(mode="json", include={"start", "split", "model", "language", "train", "seed"}),
+        "data": dict(ingested.summary) | {"test_windows": inferred["test_windows"]},
         "llm_layers": depth,
         "training": {key: trained[key] for key in ("epochs", "train_windows", "validation_windows", "training_seconds")},
         "inference_seconds": inferred["inference_seconds"],
@@ -154,7 +162,7 @@ def main() -> None:
 
     table = [
         (f"Los-loop week, 12 -> 12, chronological 70/10/20, {inferred['test_windows']} test windows x "
-         f"{ingested['sensors']} sensors; MAE / RMSE / MAPE (mph, zeros masked)."),
+         f"{ingested.summary['sensors']} sensors; MAE / RMSE / MAPE (mph, zeros masked)."),
         "",
         "| method | " + " | ".join(horizons) + " |",
         "|---|" + "---:|" * len(horizons),

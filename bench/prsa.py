@@ -36,21 +36,19 @@ import pandas as pd
 import torch
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from allspark.sensors import (
+from allspark.core.config import LanguageModelSettings
+from allspark.sensors.config import SensorModelConfig, SensorsConfig, SensorsTrainSettings
+from allspark.sensors.inputs import (
     CONTINUOUS_FEATURES,
-    TARGET,
-    FeatureScaling,
-    SensorModelConfig,
-    SensorTrainConfig,
+    SensorPreprocessing,
     feature_columns,
     fit_table_model,
     predict_pm25,
-    read_locations,
-    read_station_table,
     regression_metrics,
     split_rows,
     training_rows,
 )
+from allspark.sensors.read import TARGET, read_locations, read_station_table
 from bench.common import environment, write_results
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prsa_beijing"
@@ -87,14 +85,14 @@ def subsample(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
 
 @dataclass
 class Split:
-    """One split of the PRSA rows: AllSpark's training and test rows, every training/test row, the scaling."""
+    """One split of the PRSA rows: AllSpark's training and test rows, every training/test row, the preprocessing."""
 
     rule: str
     train: np.ndarray
     test: np.ndarray
     train_all: np.ndarray
     test_all: np.ndarray
-    scaling: FeatureScaling
+    preprocessing: SensorPreprocessing
 
 
 def make_split(frame: pd.DataFrame, stations: list[str], rule: str, train_rows: int, test_rows: int,
@@ -105,20 +103,22 @@ def make_split(frame: pd.DataFrame, stations: list[str], rule: str, train_rows: 
     train_all = np.flatnonzero(is_train & np.isfinite(observed))
     test_all = np.flatnonzero(~is_train & np.isfinite(observed))
     return Split(rule, training_rows(frame, is_train, train_rows or None, seed), subsample(test_all, test_rows, seed + 1),
-                 train_all, test_all, FeatureScaling.fit(frame[is_train], stations))
+                 train_all, test_all, SensorPreprocessing.fit(frame[is_train], stations))
 
 
 def run_allspark(frame: pd.DataFrame, split: Split, seed: int, epochs: int, lr: float, llm_layers: int,
-                 batch_size: int = 64, inference_batch: int = 256, model: dict | None = None, log=print) -> dict:
+                 batch_size: int = 64, inference_batch: int = 256, language: dict | None = None, log=print) -> dict:
     """Fine-tune a fresh table model (seeded) on ``split.train``; RMSE/MAE/R2 on ``split.test``.
 
-    ``model``: overrides of :class:`SensorModelConfig`; ``llm_layers`` 0 = all 30.
+    ``language``: overrides of :class:`LanguageModelSettings` (the ablation's switches); ``llm_layers`` 0 = all 30.
     """
-    model_config = SensorModelConfig(llm_layers=llm_layers or None, **(model or {}))
-    train_config = SensorTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=lr)
-    network, summary = fit_table_model(model_config, train_config, frame, split.train, split.scaling, seed, log)
+    settings = LanguageModelSettings(layers=llm_layers or None, **(language or {}))
+    train = SensorsTrainSettings(**SensorsConfig.block_defaults["train"] | {"epochs": epochs, "batch_size": batch_size,
+                                                                          "learning_rate": lr})
+    network, summary = fit_table_model(SensorModelConfig(), settings, train, frame, split.train, split.preprocessing,
+                                       seed, log)
     started = time.perf_counter()
-    predicted = predict_pm25(network, split.scaling, frame.iloc[split.test], inference_batch)
+    predicted = predict_pm25(network, split.preprocessing, frame.iloc[split.test], inference_batch)
     return {"train_rows": len(split.train), "train_seconds": summary["train_seconds"],
             "infer_seconds": round(time.perf_counter() - started, 1),
             **regression_metrics(frame[TARGET].to_numpy()[split.test], predicted)}

@@ -1,6 +1,6 @@
 """The backfill flow: the region flow over AOIs and a date range, a bounded number of windows at a time.
 
-Each (AOI, window) job (see :mod:`allspark.backfill`) runs the region flow as a subflow inside a
+Each (AOI, window) job (see :mod:`allspark.region.backfill`) runs the region flow as a subflow inside a
 ``window`` task. The flow submits a new window only when fewer than ``concurrency`` are running,
 so the bound holds under any task runner (a deployment's too) and leaks nothing when a process
 dies; a server-side Prefect concurrency limit would have to be created beforehand, is shared by
@@ -29,8 +29,10 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from allspark import backfill, region
-from allspark.config import RegionConfig, load_region_config
+from allspark.errors import ConfigError
+from allspark.region import backfill
+from allspark.region.config import RegionConfig, load_region_config
+from allspark.region.steps import published_catalog
 from flows.region import region_flow, task_runner
 
 MAX_CONCURRENCY = 16  # threads of the flow's task runner: the most windows that can run at once
@@ -42,10 +44,12 @@ def window_task(job: backfill.WindowJob) -> backfill.WindowResult:
     started = dt.datetime.now(dt.UTC)
     run = region_flow.with_options(task_runner=task_runner(job.config), flow_run_name=job.config.name)
     try:
-        outputs = run(job.config, skip_published=True)
+        published = run(job.config, skip_published=True)
     except backfill.EMPTY_ERRORS as err:
         return job.result("empty", str(err), started)
-    return job.result("skipped" if outputs.get("skipped") else "published", outputs["catalog"], started)
+    if published is None:
+        return job.result("skipped", str(published_catalog(job.config)), started)
+    return job.result("published", str(published.catalog), started)
 
 
 @contextlib.contextmanager
@@ -78,14 +82,14 @@ def backfill_flow(
     """
     logger = get_run_logger()
     if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+        raise ConfigError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     base = config if isinstance(config, RegionConfig) else load_region_config(config)
     jobs = backfill.plan_backfill(base, aois, start, end, step, name)
     root = backfill.backfill_root(base, name)
     results: dict[int, backfill.WindowResult] = {}
     pending = []
     for index, job in enumerate(jobs):
-        published = region.published_catalog(job.config)
+        published = published_catalog(job.config)
         if published is not None:  # checked again under the run's lock; this only saves starting a subflow
             results[index] = job.result("skipped", str(published), dt.datetime.now(dt.UTC))
         else:

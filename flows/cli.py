@@ -13,46 +13,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
-from allspark.config import ConfigError, RunConfig, load_config, load_region_config
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class FileFlow:
-    """A flow that reads files (not a STAC catalog): its config class, its runner and an example config."""
-
-    help: str
-    config: str  # "module:Class"
-    runner: str  # "module:function"
-    example: str  # the default --config, relative to the project
-
-    def config_class(self) -> type[RunConfig]:
-        return _resolve(self.config)
-
-
-FILE_FLOWS = {
-    "trajectories": FileFlow("pedestrian trajectories (ETH/UCY or a table) -> K futures per agent, GeoParquet",
-                             "allspark.trajectories:TrajectoriesConfig", "flows.trajectories:run_trajectories",
-                             "deployments/trajectories-eth.yaml"),
-    "sensors": FileFlow("station time series (PRSA air quality) -> PM2.5 per station and hour, GeoParquet",
-                        "allspark.sensors:SensorsConfig", "flows.sensors:run_sensors", "deployments/sensors-prsa.yaml"),
-    "traffic": FileFlow("sensor network speeds (METR-LA style) -> speed per sensor and horizon, GeoParquet",
-                        "allspark.traffic:TrafficConfig", "flows.traffic:run_traffic",
-                        "deployments/traffic-losloop.yaml"),
-}
-
-
-def _resolve(reference: str):
-    module, _, name = reference.partition(":")
-    return getattr(importlib.import_module(module), name)
+from allspark.core.config import load_config
+from allspark.core.steps import Published
+from allspark.errors import AllSparkError, ConfigError
+from allspark.pipelines import FILE_KINDS, get_kind
+from allspark.region.config import load_region_config
+from allspark.settings import deployments_dir
 
 
 def _region_overrides(args: argparse.Namespace) -> dict:
@@ -71,39 +42,43 @@ def _region_overrides(args: argparse.Namespace) -> dict:
     }
 
 
+def _print_published(title: str, published: Published) -> None:
+    print(f"\n{title}")
+    for key, path in {**published.paths, "catalog": published.catalog}.items():
+        print(f"  {key:<14}{path}")
+
+
 def _run_region(args: argparse.Namespace) -> int:
     from flows.region import run_region  # imports Prefect and torch: only when running
 
     config = load_region_config(args.config, **_region_overrides(args))
-    outputs = run_region(config)
-    summary = outputs.pop("metrics_summary")
-    print(f"\nOutputs of region {config.name!r} in {config.region_dir.resolve()}:")
-    for key, path in outputs.items():
-        print(f"  {key:<14}{path}")
-    if summary.get("holdout_accuracy") is not None:
-        mapped = summary["map_holdout"]["overall_accuracy"] if summary.get("map_holdout") else None
-        print(f"\nHeld-out accuracy: {summary['holdout_accuracy']:.3f} (chips centred on held-out pixels)"
+    published = run_region(config)
+    _print_published(f"Outputs of region {config.name!r} in {config.publish_dir.resolve()}:", published)
+    metrics = published.metrics
+    if metrics.get("holdout_accuracy") is not None:
+        mapped = metrics["map_holdout"]["overall_accuracy"] if metrics.get("map_holdout") else None
+        print(f"\nHeld-out accuracy: {metrics['holdout_accuracy']:.3f} (chips centred on held-out pixels)"
               + (f", {mapped:.3f} read off the published map" if mapped is not None else ""))
     return 0
 
 
 def _run_file_flow(args: argparse.Namespace) -> int:
-    spec = FILE_FLOWS[args.flow]
-    path = args.config or PROJECT / spec.example
+    from flows.files import run_file_flow  # imports Prefect and torch: only when running
+
+    kind = get_kind(args.flow)
+    path = args.config or deployments_dir() / kind.example
     overrides = {"name": args.name, "output_dir": args.output_dir, "checkpoint": args.checkpoint}
-    config = load_config(spec.config_class(), path, **overrides)
-    outputs = _resolve(spec.runner)(config)
-    summary = outputs.pop("metrics_summary", None)
-    print(f"\nOutputs of {args.flow} run {config.name!r}:")
-    for key, value in outputs.items():
-        print(f"  {key:<12}{value}")
-    if summary is not None:
-        print(f"\nSummary (all figures in {Path(outputs['metrics']).name}):\n{json.dumps(summary, indent=2)}")
+    config = load_config(kind.config_class(), path, **overrides)
+    published = run_file_flow(config)
+    _print_published(f"Outputs of {args.flow} run {config.name!r}:", published)
+    summary = published.metrics.get("summary", published.metrics)
+    print(f"\nSummary (all figures in {Path(published.paths['metrics']).name}):\n"
+          f"{json.dumps(summary, indent=2, default=str)[:4000]}")
     return 0
 
 
 def _run_backfill(args: argparse.Namespace) -> int:
-    from allspark.backfill import plan_backfill
+    from allspark.region.backfill import plan_backfill
     from flows.backfill import run_backfill  # Prefect and torch: only when running
 
     config = load_region_config(args.config, output_dir=args.output_dir, dask_address=args.dask_address)
@@ -164,9 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
     region.set_defaults(handler=_run_region)
-    for name, spec in FILE_FLOWS.items():
-        file_flow = run.add_parser(name, help=spec.help)
-        file_flow.add_argument("--config", type=Path, help=f"run config YAML (default: {spec.example})")
+    for name in FILE_KINDS:
+        kind = get_kind(name)
+        file_flow = run.add_parser(name, help=kind.help)
+        file_flow.add_argument("--config", type=Path, help=f"run config YAML (default: deployments/{kind.example})")
         file_flow.add_argument("--name", help="run name (output folder under --output-dir)")
         file_flow.add_argument("--output-dir", type=Path)
         file_flow.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
@@ -209,10 +185,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; an :class:`AllSparkError` (bad input) is one line and exit code 2, a bug keeps its traceback."""
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as err:
+    except AllSparkError as err:
         print(f"allspark: error: {err}", file=sys.stderr)
         return 2
 

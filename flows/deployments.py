@@ -3,8 +3,10 @@
 - ``region-aoi/<aoi>``, weekly: one per ``deployments/aois/*.geojson`` (named by its ``name``
   property). Each maps its AOI with the settings of ``deployments/region-demo.yaml`` and the model
   that config fine-tunes once on its catalog's labels (see flows/region_aoi.py).
-- ``sensors/<name>``, hourly: ``deployments/sensors-prsa.yaml``.
-- ``trajectories/<name>``, daily: ``deployments/trajectories-eth.yaml``.
+- ``files/<name>``: the file flow with ``deployments/sensors-prsa.yaml`` (hourly) and
+  ``deployments/trajectories-eth.yaml`` (daily).
+
+The example configs and AOIs are package data (:mod:`allspark.settings`).
 
 All go to one process work pool. Their parameters are the validated run configs, so the Prefect UI
 shows every setting and a run can override them; editing a config file takes effect at the next
@@ -20,21 +22,23 @@ from pathlib import Path
 from prefect import Flow
 from prefect.schedules import Cron, Schedule
 
-from allspark.config import ConfigError, load_config, load_region_config
-from allspark.stac import load_aoi
-from flows.cli import FILE_FLOWS, PROJECT
+from allspark.core.config import load_config
+from allspark.errors import ConfigError
+from allspark.pipelines import get_kind
+from allspark.raster.catalog import load_aoi
+from allspark.region.config import load_region_config
+from allspark.settings import aois_dir, deployments_dir
 from flows.serve import WORK_POOL
 
-AOI_DIR = PROJECT / "deployments" / "aois"
-REGION_CONFIG = PROJECT / "deployments" / "region-demo.yaml"
+PROJECT = Path(__file__).resolve().parents[1]  # where the flows' code is read from at run time
+AOI_DIR = aois_dir()
+REGION_CONFIG = deployments_dir() / "region-demo.yaml"
 REGION_ENTRYPOINT = "flows/region_aoi.py:region_aoi_flow"
+FILE_ENTRYPOINT = "flows/files.py:file_flow"
 WEEKLY = Cron("0 6 * * 1", timezone="UTC")  # Mondays 06:00
 HOURLY = Cron("0 * * * *", timezone="UTC")
 DAILY = Cron("0 3 * * *", timezone="UTC")
-FILE_FLOW_DEPLOYMENTS = {  # flow in FILE_FLOWS -> (entrypoint, schedule); the config is its example
-    "sensors": ("flows/sensors.py:sensors_flow", HOURLY),
-    "trajectories": ("flows/trajectories.py:trajectories_flow", DAILY),
-}
+FILE_FLOW_SCHEDULES = {"sensors": HOURLY, "trajectories": DAILY}  # kind -> schedule; the config is its example
 
 
 @dataclass(frozen=True)
@@ -90,12 +94,12 @@ def region_deployments(
 def file_flow_deployments() -> list[Deployment]:
     """The sensor (hourly) and trajectory (daily) deployments, each with its flow's example config."""
     deployments = []
-    for flow_name, (entrypoint, schedule) in FILE_FLOW_DEPLOYMENTS.items():
-        spec = FILE_FLOWS[flow_name]
-        config = load_config(spec.config_class(), PROJECT / spec.example)
+    for kind_name, schedule in FILE_FLOW_SCHEDULES.items():
+        kind = get_kind(kind_name)
+        config = load_config(kind.config_class(), deployments_dir() / kind.example)
         deployments.append(Deployment(
-            entrypoint, config.name, schedule, {"config": config.model_dump(mode="json")},
-            f"{spec.help} ({spec.example})", tags=[flow_name],
+            FILE_ENTRYPOINT, config.name, schedule, {"kind": kind_name, "config": config.model_dump(mode="json")},
+            f"{kind.help} ({kind.example})", tags=[kind_name],
         ))
     return deployments
 

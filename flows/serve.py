@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
+from allspark.errors import AllSparkError
 
 HOST = "127.0.0.1"
 WORK_POOL = "allspark-process"
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             start(args.port, args.pool, args.dask_address, args.paused)
         else:
             stop()
-    except (ServeError, ValueError, FileNotFoundError) as err:  # ValueError: a config (allspark ConfigError)
+    except (ServeError, AllSparkError, FileNotFoundError) as err:
         print(f"serve: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from allspark.sensors import SensorsConfig
-from allspark.traffic import TrafficConfig
-from allspark.trajectories import TrajectoriesConfig
+from allspark.sensors.config import SensorsConfig
+from allspark.traffic.config import TrafficConfig
+from allspark.trajectories.config import TrajectoriesConfig
 from tests.conftest import shared_data
 
 # -- trajectories: ETH/UCY ------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def trajectories_config(files: dict[str, Path], output_dir: Path, **changes) -> 
     base = {
         "name": "eth-slice", "train_files": [files["train"]], "predict_files": [files["test"]],
         "origin": (2683600.0, 1248000.0), "crs": "EPSG:2056", "start_time": "2009-01-01T12:00:00Z",
-        "model": {"llm_layers": 1, "modes": 4, "num_queries": 4},
+        "model": {"modes": 4, "num_queries": 4}, "language": {"layers": 1},
         "train": {"epochs": 1, "batch_size": 16, "max_windows": 32}, "output_dir": output_dir,
     }
     return TrajectoriesConfig(**base | changes)
@@ -55,7 +55,7 @@ def sensors_config(output_dir: Path, **changes) -> SensorsConfig:
         "name": "test-sensors",
         "inputs": [str(data / AOTI), str(data / DINGLING)],
         "period": ("2014-01-01T00:00", "2014-01-10T23:00"),
-        "model": {"llm_layers": 1},
+        "language": {"layers": 1},
         "train": {"epochs": 1, "max_train_rows": 96},
         "output_dir": output_dir,
     }
@@ -83,6 +83,6 @@ def traffic_config(files: dict[str, Path], output_dir: Path, **fields) -> Traffi
     """1 LM layer, width 16, one epoch."""
     return TrafficConfig(
         name="test-traffic", **files, output_dir=output_dir,
-        model={"llm_layers": 1, "width": 16, "num_queries": 4, "bridge_depth": 1},
+        model={"width": 16, "num_queries": 4, "bridge_depth": 1}, language={"layers": 1},
         train={"epochs": 1, "batch_size": 32}, **fields,
     )

@@ -10,19 +10,22 @@ import pytest
 import torch
 
 from allspark.config import RegionModelConfig
+from allspark.core.config import LanguageModelSettings
 from allspark.model import AllSpark, Trainer, TrainingSettings, seed_everything
-from allspark.sensors import SensorModelConfig
-from allspark.traffic import TrafficModelConfig
-from allspark.trajectories import TrajectoryModelConfig
+from allspark.sensors.config import SensorModelConfig
+from allspark.traffic.config import TrafficModelConfig
+from allspark.trajectories.config import TrajectoryModelConfig
 from tests.conftest import TEST_LLM_LAYERS
 
 pytestmark = pytest.mark.usefixtures("language_model")
 
 FLAT_CONFIGS = {
     "region": (RegionModelConfig, {"num_classes": 3}, lambda c: c.allspark_config(["a", "b", "c"])),
-    "trajectories": (TrajectoryModelConfig, {}, lambda c: c.allspark_config(12)),
-    "sensors": (SensorModelConfig, {}, lambda c: c.allspark_config(10)),
-    "traffic": (TrafficModelConfig, {}, lambda c: c.allspark_config(num_nodes=5, horizon=12, step_minutes=5)),
+    "trajectories": (LanguageModelSettings, {}, lambda language: TrajectoryModelConfig().allspark_config(12, language)),
+    "sensors": (LanguageModelSettings, {}, lambda language: SensorModelConfig().allspark_config(language, 10)),
+    "traffic": (LanguageModelSettings, {},
+                lambda language: TrafficModelConfig().allspark_config(num_nodes=5, horizon=12, step_minutes=5,
+                                                                      language=language)),
 }
 
 
@@ -37,7 +40,7 @@ def test_every_flow_config_passes_the_switches_to_the_model(flow):
 
 def table_model(**overrides) -> AllSpark:
     seed_everything(0)
-    config = SensorModelConfig(llm_layers=TEST_LLM_LAYERS, **overrides).allspark_config(10)
+    config = SensorModelConfig().allspark_config(LanguageModelSettings(layers=TEST_LLM_LAYERS, **overrides), 10)
     return AllSpark(config, device="cpu")
 
 
@@ -61,7 +64,7 @@ def test_without_the_language_model_it_is_not_run_and_the_prompt_cannot_matter()
     with_lm.prompts = ("Describe a recipe for pancakes.",)
     assert not torch.allclose(decoder_calls(with_lm, inputs)[0], read)  # with the LM, the prompt matters
 
-    without = table_model(use_language_model=False)  # adapter_every stays 2: no LM, no adapters anyway
+    without = table_model(enabled=False)  # adapter_every stays 2: no LM, no adapters anyway
     assert len(without.reader.adapters) == 0
     skipped, calls = decoder_calls(without, inputs)
     assert calls == 0
@@ -70,7 +73,7 @@ def test_without_the_language_model_it_is_not_run_and_the_prompt_cannot_matter()
 
 
 def test_without_the_language_model_it_still_trains_and_the_lm_stays_untouched():
-    model = table_model(use_language_model=False)
+    model = table_model(enabled=False)
     inputs, target = model.example_batch(8, seed=1)
     frozen = {k: v.clone() for k, v in model.reader.language_model.state_dict().items()}
     trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=60), batches_per_epoch=1)

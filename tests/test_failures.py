@@ -115,19 +115,19 @@ def _region_flow(catalog, output_dir, dask_address, **changes):
 
 def _file_flow(kind: str, output_dir: Path, inputs: Path):
     if kind == "trajectories":
-        from flows.trajectories import run_trajectories
+        from flows.files import run_file_flow
 
         config = file_flows.trajectories_config(file_flows.eth_slice(inputs), output_dir)
-        return config, lambda: run_trajectories(config)
+        return config, lambda: run_file_flow(config)
     if kind == "sensors":
-        from flows.sensors import run_sensors
+        from flows.files import run_file_flow
 
         config = file_flows.sensors_config(output_dir)
-        return config, lambda: run_sensors(config)
-    from flows.traffic import run_traffic
+        return config, lambda: run_file_flow(config)
+    from flows.files import run_file_flow
 
     config = file_flows.traffic_config(file_flows.traffic_slice(inputs), output_dir)
-    return config, lambda: run_traffic(config)
+    return config, lambda: run_file_flow(config)
 
 
 FLOWS = ["region", "trajectories", "sensors", "traffic"]

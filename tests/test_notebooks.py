@@ -47,19 +47,17 @@ def region_catalog(tmp_path_factory, prefect_server) -> str:
 @pytest.fixture(scope="module")
 def table_catalogs(tmp_path_factory, prefect_server) -> dict[str, str]:
     """Catalogs of small real trajectory, sensor and traffic runs, by the variable naming each."""
-    from flows.sensors import run_sensors
-    from flows.traffic import run_traffic
-    from flows.trajectories import run_trajectories
+    from flows.files import run_file_flow
 
     work = tmp_path_factory.mktemp("notebook-tables")
     outputs = work / "outputs"
     (work / "traffic").mkdir()
     return {
-        "ALLSPARK_TRAJECTORIES_CATALOG": run_trajectories(
-            file_flows.trajectories_config(file_flows.eth_slice(work / "eth"), outputs))["catalog"],
-        "ALLSPARK_SENSORS_CATALOG": run_sensors(file_flows.sensors_config(outputs))["catalog"],
-        "ALLSPARK_TRAFFIC_CATALOG": run_traffic(
-            file_flows.traffic_config(file_flows.traffic_slice(work / "traffic"), outputs))["catalog"],
+        "ALLSPARK_TRAJECTORIES_CATALOG": str(run_file_flow(
+            file_flows.trajectories_config(file_flows.eth_slice(work / "eth"), outputs)).catalog),
+        "ALLSPARK_SENSORS_CATALOG": str(run_file_flow(file_flows.sensors_config(outputs)).catalog),
+        "ALLSPARK_TRAFFIC_CATALOG": str(run_file_flow(
+            file_flows.traffic_config(file_flows.traffic_slice(work / "traffic"), outputs)).catalog),
     }
 
 

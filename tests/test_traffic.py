@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -14,18 +15,26 @@ import pystac
 import pytest
 import yaml
 
-from allspark.traffic import (
+from allspark.errors import InputError
+from allspark.traffic import steps
+from allspark.traffic.inputs import (
     GraphScaling,
     GraphWindows,
     calendar,
     forecast_metrics,
     historical_average_forecast,
     last_value_forecast,
-    read_graph,
     split_windows,
 )
-from tests.conftest import task_states
+from allspark.traffic.read import read_graph
 from tests.file_flows import SENSORS, STEPS, traffic_config, traffic_slice
+
+
+
+def read(config):
+    """The graph of a config's three files, read as the ingest step reads them."""
+    return read_graph(config.speeds, config.adjacency, config.locations, config.missing_location)
+
 
 # -- bad input: each with its own test ------------------------------------------------------------
 
@@ -33,8 +42,8 @@ from tests.file_flows import SENSORS, STEPS, traffic_config, traffic_slice
 def test_sensor_count_must_match_the_adjacency(tmp_path):
     files = traffic_slice(tmp_path)
     np.savetxt(files["adjacency"], np.eye(SENSORS - 1), delimiter=",")
-    with pytest.raises(ValueError, match=r"19 x 19 \(.*adj\.csv\)") as err:
-        read_graph(traffic_config(files, tmp_path))
+    with pytest.raises(InputError, match=r"19 x 19 \(.*adj\.csv\)") as err:
+        read(traffic_config(files, tmp_path))
     assert f"the graph has {SENSORS} sensors" in str(err.value) and "speed.csv" in str(err.value)
 
 
@@ -43,24 +52,24 @@ def test_a_non_numeric_speed_names_file_line_and_sensor(tmp_path):
     speeds = pd.read_csv(files["speeds"], dtype=str)
     speeds.iloc[9, 3] = "n/a"
     speeds.to_csv(files["speeds"], index=False)
-    with pytest.raises(ValueError, match=rf"speed\.csv, line 11, sensor {speeds.columns[3]}: expected a number, got 'n/a'"):
-        read_graph(traffic_config(files, tmp_path))
+    with pytest.raises(InputError, match=rf"speed\.csv, line 11, sensor {speeds.columns[3]}: expected a number, got 'n/a'"):
+        read(traffic_config(files, tmp_path))
 
 
 def test_a_sensor_without_location_is_an_error_or_a_counted_drop(tmp_path):
     files = traffic_slice(tmp_path)
     speeds = pd.read_csv(files["speeds"], dtype=str).rename(columns={"773869": "999999"})
     speeds.to_csv(files["speeds"], index=False)
-    with pytest.raises(ValueError, match=r"1 sensor\(s\) of .*speed\.csv have no location in .*graph_sensor_locations\.csv: 999999"):
-        read_graph(traffic_config(files, tmp_path))
-    graph = read_graph(traffic_config(files, tmp_path, missing_location="drop"))
+    with pytest.raises(InputError, match=r"1 sensor\(s\) of .*speed\.csv have no location in .*graph_sensor_locations\.csv: 999999"):
+        read(traffic_config(files, tmp_path))
+    graph = read(traffic_config(files, tmp_path, missing_location="drop"))
     assert graph.dropped_sensors == ["999999"]
     assert graph.speeds.shape == (STEPS, SENSORS - 1) and graph.adjacency.shape == (SENSORS - 1, SENSORS - 1)
     assert "999999" not in graph.sensor_ids
 
 
 def test_zeros_are_missing_speeds(tmp_path):
-    graph = read_graph(traffic_config(traffic_slice(tmp_path), tmp_path))
+    graph = read(traffic_config(traffic_slice(tmp_path), tmp_path))
     assert graph.missing_speeds == 1 and np.isnan(graph.speeds[4, 2])
 
 
@@ -115,19 +124,18 @@ def test_baselines_on_a_tiny_synthetic_frame():
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, prefect_server):
-    from flows.traffic import traffic_flow
+    from flows.files import run_file_flow
 
     config = traffic_config(traffic_slice(tmp_path_factory.mktemp("slice")), tmp_path_factory.mktemp("outputs"))
-    state = traffic_flow(config, return_state=True)
-    return config, state, state.result()
+    return config, run_file_flow(config)
 
 
 def test_flow_publishes_one_point_per_sensor_and_horizon(first_run):
-    config, _, outputs = first_run
-    out = config.flow_dir
-    geo = json.loads(pq.read_schema(outputs["predictions"]).metadata[b"geo"])
+    config, published = first_run
+    out = config.publish_dir
+    geo = json.loads(pq.read_schema(published.paths["predictions"]).metadata[b"geo"])
     assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["geometry_types"] == ["Point"]
-    frame = gpd.read_parquet(outputs["predictions"])
+    frame = gpd.read_parquet(published.paths["predictions"])
     assert len(frame) == SENSORS * 12
     assert {"sensor_id", "issued_at", "horizon_minutes", "valid_at", "predicted_speed", "observed_speed",
             "geometry"} <= set(frame.columns)
@@ -136,13 +144,14 @@ def test_flow_publishes_one_point_per_sensor_and_horizon(first_run):
     assert frame["issued_at"].nunique() == 1 and frame["predicted_speed"].notna().all()
     assert frame.groupby("sensor_id").size().eq(12).all()
 
-    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    metrics = json.loads(Path(published.paths["metrics"]).read_text())
+    assert metrics == json.loads(json.dumps(published.metrics))
     assert metrics["data"]["sensors"] == SENSORS and metrics["data"]["missing_speeds"] == 1
     assert metrics["fine_tuning"]["llm_layers"] == 1
     for method in ("allspark", "last_value", "historical_average"):
         assert set(metrics["test"][method]) == {"15 min", "30 min", "60 min", "all horizons"}
         assert metrics["test"][method]["60 min"]["mae"] > 0
-    assert yaml.safe_load(Path(outputs["config"]).read_text())["name"] == "test-traffic"
+    assert yaml.safe_load(Path(published.paths["config"]).read_text())["name"] == "test-traffic"
 
     catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
     (item,) = list(catalog.get_items(recursive=True))
@@ -154,12 +163,67 @@ def test_flow_publishes_one_point_per_sensor_and_horizon(first_run):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
-def test_rerun_reuses_the_cached_ingest_and_model(first_run):
-    from flows.traffic import traffic_flow
+def store_times(work_dir: Path) -> dict[str, int]:
+    """Modification time of each store in a work folder, by name."""
+    return {path.name: path.stat().st_mtime_ns for path in work_dir.iterdir()}
 
-    config, _, outputs = first_run
-    state = traffic_flow(config, return_state=True)
-    states = task_states(state)
-    assert set(states["ingest"]) == {"Cached"} and set(states["fine-tune"]) == {"Cached"}
-    before, after = gpd.read_parquet(outputs["predictions"]), gpd.read_parquet(state.result()["predictions"])
-    pd.testing.assert_frame_equal(before, after)
+
+def test_rerun_reuses_the_stored_ingest_and_model(first_run):
+    from flows.files import run_file_flow
+
+    config, published = first_run
+    before = gpd.read_parquet(published.paths["predictions"])
+    stores = store_times(config.work_dir())
+    assert {"graph.zarr", "model"} <= set(stores) and any(name.startswith("predictions-") for name in stores)
+    rerun = run_file_flow(config)
+    assert store_times(config.work_dir()) == stores, "a complete store was rewritten"
+    pd.testing.assert_frame_equal(before, gpd.read_parquet(rerun.paths["predictions"]))
+
+
+def run_steps(config):
+    """The four steps in this process; the work folder and the published predictions."""
+    ingested = steps.ingest(config)
+    trained = steps.train(config, ingested)
+    published = steps.publish(config, ingested, trained, steps.predict(config, ingested, trained))
+    return ingested.work_dir, gpd.read_parquet(published.paths["predictions"])
+
+
+def test_a_deleted_or_half_written_work_folder_is_rebuilt_to_the_same_result(tmp_path):
+    config = traffic_config(traffic_slice(tmp_path), tmp_path / "outputs")
+    work_dir, first = run_steps(config)
+    shutil.rmtree(work_dir)
+    rebuilt_dir, rebuilt = run_steps(config)
+    assert rebuilt_dir == work_dir and {"graph.zarr", "model"} <= {p.name for p in work_dir.iterdir()}
+    pd.testing.assert_frame_equal(first, rebuilt)
+
+    # a killed ingest leaves its store half-written under a hidden name, never under its own
+    shutil.rmtree(work_dir / "graph.zarr")
+    (work_dir / ".graph.zarr.partial" / "speed").mkdir(parents=True)
+    predictions = next(work_dir.glob("predictions-*.zarr"))
+    shutil.rmtree(predictions)
+    _, again = run_steps(config)
+    assert (work_dir / "graph.zarr").is_dir() and predictions.is_dir()
+    assert not (work_dir / ".graph.zarr.partial").exists()
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_an_input_file_rewritten_in_place_gets_a_fresh_work_folder(tmp_path):
+    files = traffic_slice(tmp_path)
+    config = traffic_config(files, tmp_path / "outputs")
+    before = config.work_dir()
+    speeds = pd.read_csv(files["speeds"], dtype=str)
+    speeds.iloc[7, 1] = "61.5"
+    speeds.to_csv(files["speeds"], index=False)
+    assert config.work_dir() != before
+    assert traffic_config(files, tmp_path / "outputs").work_dir() == config.work_dir()
+
+
+def test_a_given_checkpoint_is_applied_without_fine_tuning(first_run, tmp_path):
+    config, published = first_run
+    applied = config.model_copy(update={"name": "applied", "train": None, "checkpoint": published.paths["model"]})
+    ingested = steps.ingest(applied)
+    trained = steps.train(applied, ingested)
+    assert trained.checkpoint == published.paths["model"] and not (ingested.work_dir / "model").exists()
+    predicted = steps.predict(applied, ingested, trained)
+    assert predicted.summary["test_windows"] == published.metrics["data"]["test_windows"]
+    assert predicted.summary["allspark 60 min MAE"] == pytest.approx(published.metrics["test"]["allspark"]["60 min"]["mae"])

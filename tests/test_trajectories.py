@@ -1,8 +1,9 @@
-"""Trajectories: readers and their bad-input errors, windows, metrics, and the flow on a real ETH slice."""
+"""Trajectories: readers and their bad-input errors, windows, metrics, the work folder, and the flow on a real ETH slice."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -12,7 +13,11 @@ import pyproj
 import pystac
 import pytest
 
-from allspark import trajectories as tr
+from allspark.core.steps import run_pipeline
+from allspark.errors import InputError, NoDataError
+from allspark.trajectories import inputs, steps
+from allspark.trajectories import read as tr
+from allspark.trajectories.config import TrajectoriesConfig
 from tests import file_flows
 
 
@@ -21,8 +26,9 @@ def write_eth(path: Path, rows: list[tuple]) -> Path:
     return path
 
 
-def config(tmp_path: Path, **overrides) -> tr.TrajectoriesConfig:
-    return tr.TrajectoriesConfig(predict_files=[tmp_path], checkpoint=tmp_path / "ckpt", **overrides)
+def config(tmp_path: Path, **overrides) -> TrajectoriesConfig:
+    return TrajectoriesConfig(predict_files=[tmp_path], checkpoint=tmp_path / "ckpt", output_dir=tmp_path / "outputs",
+                              **overrides)
 
 
 def walker(agent: int, frames: range, start: tuple[float, float], velocity: tuple[float, float]) -> list[tuple]:
@@ -36,29 +42,29 @@ def walker(agent: int, frames: range, start: tuple[float, float], velocity: tupl
 
 def test_nan_coordinates_name_the_file_and_row(tmp_path):
     file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, "nan", 2.5)])
-    with pytest.raises(tr.TrackError, match=r"a\.txt: row 2: missing or NaN coordinates"):
-        tr.read_eth_ucy(file, config(tmp_path))
+    with pytest.raises(InputError, match=r"a\.txt: row 2: missing or NaN coordinates"):
+        tr.read_eth_ucy(file)
 
 
 def test_text_in_a_numeric_column_names_the_row_and_column(tmp_path):
     file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, 1.5, "north")])
-    with pytest.raises(tr.TrackError, match=r"a\.txt: row 2: column 'y' holds 'north', expected a number"):
-        tr.read_eth_ucy(file, config(tmp_path))
+    with pytest.raises(InputError, match=r"a\.txt: row 2: column 'y' holds 'north', expected a number"):
+        tr.read_eth_ucy(file)
 
 
 def test_duplicate_frame_and_agent_is_an_error(tmp_path):
     file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (10, 1, 1.5, 2.0), (10, 1, 1.6, 2.1)])
-    with pytest.raises(tr.TrackError, match=r"a\.txt: rows \[2, 3\]: agent '1' appears more than once"):
-        tr.read_eth_ucy(file, config(tmp_path))
+    with pytest.raises(InputError, match=r"a\.txt: rows \[2, 3\]: agent '1' appears more than once"):
+        tr.read_eth_ucy(file)
 
 
 def test_unsorted_frames_are_sorted_and_counted(tmp_path):
     rows = walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
-    ordered = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), config(tmp_path)),
-                               config(tmp_path))
+    ordered = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))),
+                               config(tmp_path).window_rule)
     shuffled_rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    tracks = tr.read_eth_ucy(write_eth(tmp_path / "b.txt", shuffled_rows), config(tmp_path))
-    shuffled = tr.build_windows(tracks, config(tmp_path))
+    tracks = tr.read_eth_ucy(write_eth(tmp_path / "b.txt", shuffled_rows))
+    shuffled = tr.build_windows(tracks, config(tmp_path).window_rule)
     assert tracks.rows_out_of_order > 0
     assert shuffled.counts["rows_out_of_order_sorted"] == tracks.rows_out_of_order
     np.testing.assert_array_equal(shuffled.observed, ordered.observed)
@@ -67,49 +73,49 @@ def test_unsorted_frames_are_sorted_and_counted(tmp_path):
 
 def test_frame_off_the_step_grid_is_an_error(tmp_path):
     file = write_eth(tmp_path / "a.txt", [(0, 1, 1.0, 2.0), (15, 1, 1.5, 2.0)])
-    with pytest.raises(tr.TrackError, match=r"row 2: frame 15 is not on the grid of frame_step=10"):
-        tr.read_eth_ucy(file, config(tmp_path))
+    with pytest.raises(InputError, match=r"row 2: frame 15 is not on the grid of frame_step=10"):
+        tr.read_eth_ucy(file)
 
 
 def test_short_tracks_are_skipped_and_counted(tmp_path):
     rows = (walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
             + walker(3, range(0, 150, 10), (3, 3), (1, 1)))  # 15 steps < 8 + 12
-    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), config(tmp_path)),
-                               config(tmp_path))
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))),
+                               config(tmp_path).window_rule)
     assert windows.counts["short_tracks_skipped"] == 1
     assert set(windows.agent) == {"1", "2"}
 
 
 def test_a_lone_agent_window_is_skipped_and_counted(tmp_path):
     file = write_eth(tmp_path / "a.txt", walker(1, range(0, 210, 10), (0, 0), (1, 0)))
-    with pytest.raises(tr.TrackError, match=r"no 8\+12-step windows .*'lone_agent_windows_skipped': 2"):
-        tr.ingest_trajectories(config(tmp_path))
-    assert len(tr.build_windows(tr.read_eth_ucy(file, config(tmp_path)), config(tmp_path, min_agents=1))) == 2
+    with pytest.raises(NoDataError, match=r"no 8\+12-step windows .*'lone_agent_windows_skipped': 2"):
+        steps.ingest(config(tmp_path))
+    assert len(tr.build_windows(tr.read_eth_ucy(file), config(tmp_path, min_agents=1).window_rule)) == 2
 
 
 def test_missing_table_column_names_the_file_and_columns(tmp_path):
     file = tmp_path / "tracks.csv"
     pd.DataFrame({"id": [1], "t": [0.0], "x": [1.0], "y": [2.0]}).to_csv(file, index=False)
-    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path,
+    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path,
                                 columns={"agent": "agent", "time": "t"})
-    with pytest.raises(tr.TrackError, match=r"tracks\.csv: missing column\(s\) \['agent'\]; found"):
-        tr.read_table(file, cfg)
+    with pytest.raises(InputError, match=r"tracks\.csv: missing column\(s\) \['agent'\]; found"):
+        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
 
 
 def test_text_in_a_table_column_names_the_csv_line(tmp_path):
     file = tmp_path / "tracks.csv"
     file.write_text("agent_id,timestamp,x,y\na,0,1.0,2.0\na,0.4,oops,2.0\n")
-    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
-    with pytest.raises(tr.TrackError, match=r"tracks\.csv: row 3: column 'x' holds 'oops'"):
-        tr.read_table(file, cfg)
+    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
+    with pytest.raises(InputError, match=r"tracks\.csv: row 3: column 'x' holds 'oops'"):
+        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
 
 
 def test_table_times_off_the_step_grid_are_an_error(tmp_path):
     file = tmp_path / "tracks.csv"
     file.write_text("agent_id,timestamp,x,y\na,2024-05-01T10:00:00Z,1,2\na,2024-05-01T10:00:00.5Z,1,2\n")
-    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
-    with pytest.raises(tr.TrackError, match=r"row 3: time .* is not on the grid of step_seconds=0.4"):
-        tr.read_table(file, cfg)
+    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
+    with pytest.raises(InputError, match=r"row 3: time .* is not on the grid of step_seconds=0.4"):
+        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
 
 
 def test_config_needs_origin_and_crs_together(tmp_path):
@@ -125,7 +131,7 @@ def test_windows_on_a_hand_made_scene(tmp_path):
     rows = (walker(1, range(100, 310, 10), (0, 0), (1, 0)) + walker(2, range(100, 310, 10), (0, 4), (0, -0.5))
             + [(120, 3.0, 5.0, 5.0), (130, 3.0, 5.0, 5.0)])
     cfg = config(tmp_path, max_neighbours=3)
-    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg), cfg)
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))), cfg.window_rule)
     assert len(windows) == 4 and windows.counts["short_tracks_skipped"] == 1  # the bystander: 2 rows
     first = np.flatnonzero((windows.agent == "1") & (windows.frame == 170))[0]  # window starting at frame 100
     np.testing.assert_allclose(windows.observed[first, :, 0], np.arange(-7, 1))
@@ -144,10 +150,12 @@ def test_residual_targets_are_the_offset_from_walking_straight_on(tmp_path):
     """Walkers at constant velocity: the residual target is zero, the position target is not."""
     rows = walker(1, range(100, 310, 10), (0, 0), (1, 0)) + walker(2, range(100, 310, 10), (0, 4), (0, -0.5))
     cfg = config(tmp_path)
-    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg), cfg)
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))), cfg.window_rule)
     everything = np.arange(len(windows))
-    assert float(tr.training_targets(windows, everything, residual=True).abs().max()) == pytest.approx(0, abs=1e-6)
-    np.testing.assert_allclose(tr.training_targets(windows, everything, residual=False).numpy(), windows.future)
+    residual = inputs.TrajectoryPreprocessing(residual_to_constant_velocity=True)
+    positions = inputs.TrajectoryPreprocessing(residual_to_constant_velocity=False)
+    assert float(residual.targets(windows, everything).abs().max()) == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(positions.targets(windows, everything).numpy(), windows.future)
 
 
 def test_lon_lat_tables_are_projected_to_utm(tmp_path):
@@ -155,12 +163,12 @@ def test_lon_lat_tables_are_projected_to_utm(tmp_path):
             for a in (1, 2) for t in range(20)]
     file = tmp_path / "gps.parquet"
     pd.DataFrame(rows).to_parquet(file)
-    cfg = tr.TrajectoriesConfig(format="table", input_crs="EPSG:4326", predict_files=[file], checkpoint=tmp_path)
-    tracks = tr.read_table(file, cfg)
-    crs = tr.model_crs(cfg, [tracks])
+    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:4326", predict_files=[file], checkpoint=tmp_path)
+    tracks = tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
+    crs = tr.model_crs([tracks], cfg.input_crs)
     assert crs.to_epsg() == 32632  # UTM 32N over Zurich
-    tr.to_model_crs(tracks, cfg, crs)
-    windows = tr.build_windows(tracks, cfg)
+    tr.to_model_crs(tracks, crs, source_crs=cfg.input_crs)
+    windows = tr.build_windows(tracks, cfg.window_rule)
     assert len(windows) == 2
     np.testing.assert_allclose(windows.future[0, 0, 0], 1e-5 * 111_320 * np.cos(np.radians(47.37)), rtol=0.01)
 
@@ -169,24 +177,24 @@ def test_ade_fde_on_a_known_case():
     truth = np.zeros((1, 3, 2))
     truth[0, :, 0] = [1, 2, 3]
     futures = np.stack([truth[0] + [0, 2], truth[0] + [[0, 0], [0, 0], [0, 1]]])[None]  # K=2, most likely first
-    errors = tr.displacement_errors(futures, truth)
+    errors = inputs.displacement_errors(futures, truth)
     assert errors["ade"][0] == pytest.approx(2) and errors["fde"][0] == pytest.approx(2)
     assert errors["min_ade"][0] == pytest.approx(1 / 3) and errors["min_fde"][0] == pytest.approx(1)
     observed = np.array([[[-1.0, 0], [0, 0]]])
-    np.testing.assert_allclose(tr.constant_velocity(observed, 3)[0, 0], truth[0])
+    np.testing.assert_allclose(inputs.constant_velocity(observed, 3)[0, 0], truth[0])
 
 
 def test_local_engineering_crs_frame_opens(tmp_path):
     """Without origin and crs the GeoParquet is in a local metric CRS that readers still open."""
     rows = walker(1, range(0, 200, 10), (0, 0), (1, 0)) + walker(2, range(0, 200, 10), (0, 5), (0, 1))
     cfg = config(tmp_path)
-    tracks = tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)), cfg)
-    windows = tr.build_windows(tracks, cfg)
+    tracks = tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)))
+    windows = tr.build_windows(tracks, cfg.window_rule)
     futures = np.repeat(windows.future[:, None], 3, axis=1)
     attrs = {"files": [str(tracks.file)], "frames_per_step": [10], "time_origins": [None], "step_seconds": 0.4,
-             "crs": tr.model_crs(cfg, [tracks]).to_wkt()}
-    frame = tr.prediction_frame(windows, attrs, futures, np.full((2, 3), 1 / 3),
-                                tr.displacement_errors(futures, windows.future))
+             "crs": tr.model_crs([tracks], cfg.crs).to_wkt()}
+    frame = inputs.prediction_frame(windows, attrs, futures, np.full((2, 3), 1 / 3),
+                                    inputs.displacement_errors(futures, windows.future))
     frame.to_parquet(tmp_path / "p.parquet")
     back = gpd.read_parquet(tmp_path / "p.parquet")
     assert back.crs.is_engineering and back.crs.axis_info[0].unit_name == "metre"
@@ -202,12 +210,12 @@ def eth_slice(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_cache(eth_slice, tmp_path, language_model):
-    from flows.trajectories import run_trajectories
+def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_work_folder(eth_slice, tmp_path, language_model):
+    from flows.files import run_file_flow
 
     cfg = file_flows.trajectories_config(eth_slice, tmp_path)
-    outputs = run_trajectories(cfg)
-    frame = gpd.read_parquet(outputs["predictions"])
+    outputs = run_file_flow(cfg)
+    frame = gpd.read_parquet(outputs.paths["predictions"])
     assert len(frame) == 4 and frame.crs == pyproj.CRS("EPSG:2056")
     assert set(frame.geom_type) == {"LineString"} and set(frame["futures"].geom_type) == {"MultiLineString"}
     assert all(len(m.geoms) == 4 for m in frame["futures"])
@@ -216,25 +224,60 @@ def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_cache(eth_sli
     assert np.allclose([sum(p) for p in frame["probabilities"]], 1, atol=1e-4)
     x, y = frame.geometry.iloc[0].coords[-1]
     assert 2683600 < x < 2683700 and 1248000 < y < 1248100  # origin + local metres
-    metrics = json.loads(Path(outputs["metrics"]).read_text())
+    metrics = json.loads(Path(outputs.paths["metrics"]).read_text())
+    assert metrics == outputs.metrics
     assert metrics["windows_published"] == 4 and metrics["counts"]["predict"]["short_tracks_skipped"] == 17
     assert metrics["fine_tuning"]["training_windows"] == 32 and metrics["allspark"]["min_ade"] <= metrics["allspark"]["ade"]
-    catalog = pystac.Catalog.from_file(outputs["catalog"])
+    catalog = pystac.Catalog.from_file(outputs.catalog)
     items = list(catalog.get_items())
     assert len(items) == 1 and [link.title for link in items[0].get_links("derived_from")] == ["biwi_eth.txt"]
     for asset in items[0].assets.values():
         assert Path(asset.get_absolute_href()).exists()
 
-    trained = (cfg.work_dir() / "checkpoint" / "model.safetensors").stat().st_mtime_ns
-    again = run_trajectories(cfg)
-    assert (cfg.work_dir() / "checkpoint" / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
-    assert again["metrics_summary"]["allspark"] == metrics["allspark"]
+    model = cfg.work_dir() / "model"
+    trained = (model / "model.safetensors").stat().st_mtime_ns
+    again = run_file_flow(cfg)
+    assert (model / "model.safetensors").stat().st_mtime_ns == trained  # not retrained
+    assert again.metrics["allspark"] == metrics["allspark"]
 
-    # the trained checkpoint, without origin and crs: published in the local engineering CRS
+    # the trained model bundle, without origin and crs: published in the local engineering CRS
     local = cfg.model_copy(update={"name": "eth-slice-local", "origin": None, "crs": None, "train": None,
-                                   "checkpoint": cfg.work_dir() / "checkpoint"})
-    outputs = run_trajectories(local)
-    frame = gpd.read_parquet(outputs["predictions"])
+                                   "checkpoint": model})
+    outputs = run_file_flow(local)
+    frame = gpd.read_parquet(outputs.paths["predictions"])
     assert len(frame) == 4 and frame.crs.is_engineering
-    item = next(pystac.Catalog.from_file(outputs["catalog"]).get_items())
+    item = next(pystac.Catalog.from_file(outputs.catalog).get_items())
     assert item.geometry is None and item.bbox is None  # no place on Earth, said so
+
+
+def result(metrics: dict) -> dict:
+    """A run's metrics less the training time, which no two runs share."""
+    return {**metrics, "fine_tuning": {k: v for k, v in metrics["fine_tuning"].items() if k != "training_seconds"}}
+
+
+def test_a_deleted_or_half_written_work_folder_is_rebuilt_to_the_same_result(eth_slice, tmp_path, language_model):
+    cfg = file_flows.trajectories_config(eth_slice, tmp_path, name="eth-slice-rebuilt")
+    first = run_pipeline(steps, cfg)
+    work_dir = cfg.work_dir()
+    shutil.rmtree(work_dir)
+    rebuilt = run_pipeline(steps, cfg)
+    assert result(rebuilt.metrics) == result(first.metrics)  # windows, model and predictions rebuilt
+    assert (work_dir / "windows" / "predict.zarr").is_dir() and (work_dir / "model").is_dir()
+
+    # a store removed from the work folder, and a leftover of a killed ingest beside it
+    shutil.rmtree(work_dir / "windows")
+    (work_dir / ".windows.partial" / "predict.zarr").mkdir(parents=True)
+    ingested = steps.ingest(cfg)
+    assert ingested.work_dir == work_dir and set(ingested.summary) == {"predict", "train"}
+    assert sorted(p.name for p in ingested.store.iterdir()) == ["predict.zarr", "train.zarr"]
+    assert not (work_dir / ".windows.partial").exists()
+    assert run_pipeline(steps, cfg).metrics == rebuilt.metrics  # the model kept, the windows rebuilt
+
+
+def test_an_input_file_rewritten_in_place_gets_a_new_work_folder(tmp_path):
+    file = write_eth(tmp_path / "a.txt", walker(1, range(0, 200, 10), (0, 0), (1, 0)))
+    cfg = config(tmp_path)
+    before = cfg.work_dir()
+    assert cfg.input_files() == [file] and cfg.work_dir() == before  # the same content: the same folder
+    write_eth(file, walker(1, range(0, 200, 10), (0, 0), (1, 0.5)))  # the same path, other positions
+    assert cfg.work_dir() != before

@@ -110,17 +110,21 @@ def training_metrics(directory: str | Path) -> dict | None:
 
 
 def load_bundle(directory: str | Path, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
-    """Load (once per process) the bundle in ``directory``, checking its preprocessing is of this kind."""
-    return _load(str(Path(directory).resolve()), preprocessing)
+    """Load (once per process and content) the bundle in ``directory``, checking its preprocessing is of this kind.
+
+    Keyed by the folder's content too, so a bundle rebuilt or replaced at the same path is loaded again.
+    """
+    path = Path(directory).resolve()
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist or is not a folder")
+    return _load(str(path), bundle_digest(path), preprocessing)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(directory: str, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
+def _load(directory: str, digest: str, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
     from allspark.model.checkpoint import load_checkpoint
 
     path = Path(directory)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a folder")
     try:
         document = json.loads((path / PREPROCESSING_FILE).read_text())
     except FileNotFoundError:

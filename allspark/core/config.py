@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from allspark.core.storage import work_dir
 from allspark.errors import ConfigError
@@ -88,9 +88,26 @@ class RunConfig(StrictModel):
 
     kind: ClassVar[str] = "run"
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
+    block_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    """The kind's own defaults of shared blocks (e.g. ``{"language": {"layers": 2}}``): they fill the
+    keys a config leaves out, whether it gives the block or not (an explicit ``null`` stays null)."""
     name: str = Field(pattern=NAME_PATTERN, description="names the output folder and the work folder")
     output_dir: Path = Field(Path("outputs"), description="published outputs go to output_dir/name")
     seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_block_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.block_defaults:
+            return data
+        data = dict(data)
+        for key, defaults in cls.block_defaults.items():
+            given = data.get(key, {})
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            if isinstance(given, dict):
+                data[key] = {**defaults, **given}
+        return data
 
     @property
     def publish_dir(self) -> Path:

@@ -1,4 +1,6 @@
-"""Fine-tune the multispectral AllSpark path on labelled pixels and measure it on held-out ones.
+"""What turns a region's pixels into model inputs: the band normaliser, training chips, held-out splits, metrics.
+
+Fine-tuning: the multispectral AllSpark path learns from labelled pixels and is measured on held-out ones.
 
 Training samples are chips centred on labelled pixels. The loss is per-pixel cross-entropy over
 every *training* label that falls inside the chip (held-out labels never reach the loss), so one
@@ -9,7 +11,7 @@ seeded. Everything but the language model trains (stem, bridge, adapters, head).
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +21,11 @@ from scipy import ndimage
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from allspark.config import TrainConfig
+from allspark.errors import InputError
 from allspark.model.heads import IGNORE_INDEX
 from allspark.model.model import AllSpark
-from allspark.model.training import Trainer, TrainingSettings, seed_everything
+from allspark.model.training import Trainer, seed_everything
+from allspark.region.config import RegionTrainSettings
 
 SPLIT_RULES = {
     "regions": "whole labelled regions (connected same-class pixels, i.e. polygons) held out, stratified "
@@ -33,7 +36,7 @@ SPLIT_RULES = {
 
 
 class Normalizer(BaseModel):
-    """Per-band mean and standard deviation of the training pixels, stored with the checkpoint."""
+    """Per-band mean and standard deviation of the training pixels: the region bundle's preprocessing."""
 
     model_config = ConfigDict(extra="forbid")
     bands: list[str]
@@ -50,12 +53,24 @@ class Normalizer(BaseModel):
     def apply(self, chips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalise (n, band, y, x) chips; nodata becomes 0. Returns (inputs, pixel has data)."""
         if chips.shape[1] != len(self.bands):
-            raise ValueError(f"chips have {chips.shape[1]} bands, the normaliser expects {self.bands}")
+            raise InputError(f"chips have {chips.shape[1]} bands, the normaliser expects {self.bands}")
         mean = np.asarray(self.mean, dtype="float32")[None, :, None, None]
         std = np.asarray(self.std, dtype="float32")[None, :, None, None]
         scaled = (chips.astype("float32") - mean) / std
         has_data = np.isfinite(scaled).any(axis=1)
         return torch.from_numpy(np.nan_to_num(scaled, nan=0.0)), torch.from_numpy(has_data)
+
+
+def predict_chips(model: AllSpark, normalizer: Normalizer, chips: np.ndarray, wavelengths: Sequence[float],
+                  batch_size: int) -> np.ndarray:
+    """Class probabilities (n, class, y, x) of (n, band, y, x) chips, in batches; NaN where no band has data."""
+    wl = torch.tensor(list(wavelengths), dtype=torch.float32)
+    out = [np.empty((0, model.config.head.num_classes, *chips.shape[2:]), "float32")]
+    for start in range(0, len(chips), batch_size):
+        inputs, has_data = normalizer.apply(chips[start : start + batch_size])
+        probs = model.predict({"image": inputs, "wavelengths": wl}).float().cpu()
+        out.append(torch.where(has_data[:, None], probs, torch.nan).numpy())
+    return np.concatenate(out)
 
 
 def centred_windows(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
@@ -172,7 +187,7 @@ def predict_centres(
 
 
 def training_split(
-    labels: np.ndarray, image: np.ndarray, num_classes: int, config: TrainConfig, seed: int
+    labels: np.ndarray, image: np.ndarray, num_classes: int, config: RegionTrainSettings, seed: int
 ) -> tuple[LabelledPixels, LabelledPixels, int]:
     """Training and held-out pixels (:func:`split_holdout`, then the stratified ``max_train_pixels`` cap).
 
@@ -181,7 +196,7 @@ def training_split(
     """
     pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, num_classes)
     if len(pixels) == 0:
-        raise ValueError("no labelled pixel with image data: the labels do not overlap the imagery")
+        raise InputError("no labelled pixel with image data: the labels do not overlap the imagery")
     train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout)
     if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
         keep, _ = train_test_split(
@@ -199,7 +214,7 @@ def fine_tune(
     wavelengths: list[float],
     class_names: list[str],
     chip_size: int,
-    config: TrainConfig,
+    config: RegionTrainSettings,
     seed: int,
     log=print,
     split_seed: int | None = None,
@@ -221,25 +236,9 @@ def fine_tune(
     targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
     wl = torch.tensor(wavelengths, dtype=torch.float32)
 
-    settings = TrainingSettings(
-        learning_rate=config.learning_rate,
-        epochs=config.epochs,
-        warmup_epochs=config.warmup_epochs,
-        weight_decay=config.weight_decay,
-    )
-    trainer = Trainer(model, settings, batches_per_epoch=math.ceil(len(train) / config.batch_size))
-    history = []
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(train), generator=generator)
-        total = 0.0
-        for start in range(0, len(train), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            total += trainer.step({"image": inputs[batch], "wavelengths": wl}, targets[batch]) * len(batch)
-        trainer.finish_epoch()
-        history.append(total / len(train))
-        log(f"epoch {epoch + 1}/{config.epochs}: training loss {history[-1]:.4f}")
-    train_seconds = time.perf_counter() - started
+    trainer = Trainer(model, config.schedule(), batches_per_epoch=math.ceil(len(train) / config.batch_size))
+    history = trainer.fit(len(train), lambda batch: ({"image": inputs[batch], "wavelengths": wl}, targets[batch]),
+                          config.batch_size, generator, log)
 
     predicted = predict_centres(model, normalizer, image, wl, holdout, chip_size, config.batch_size)
     metrics = {
@@ -254,8 +253,8 @@ def fine_tune(
         },
         "training": {
             "epochs": config.epochs,
-            "loss_per_epoch": history,
-            "seconds": round(train_seconds, 1),
+            "loss_per_epoch": [epoch["loss"] for epoch in history["epochs"]],
+            "seconds": history["seconds"],
             "llm_layers": model.config.llm_layers,
         },
     }

@@ -3,7 +3,7 @@
 The library half, without Prefect: the windows of a date range, the (AOI, window) jobs with their
 region configs and deterministic output folders (``<output_dir>/<backfill>/<aoi>-<start>_<end>``),
 whether a job is already published (read from its output STAC catalog by
-:func:`allspark.region.published_catalog`, not from a side file), a root STAC catalog over the
+:func:`allspark.region.steps.published_catalog`, not from a side file), a root STAC catalog over the
 windows' catalogs, and the summary report. ``flows/backfill.py`` fans the jobs out.
 """
 
@@ -19,11 +19,13 @@ from typing import Literal, NamedTuple
 import pystac
 from pydantic import BaseModel, ConfigDict
 
-from allspark import publish
-from allspark.config import RegionConfig
-from allspark.loading import AllNoDataError
-from allspark.paths import folder_lock
-from allspark.stac import AOIError, NoItemsFound, load_aoi
+from allspark.core.atomic import write_json, write_text
+from allspark.core.storage import folder_lock
+from allspark.errors import ConfigError
+from allspark.raster.catalog import AOIError, NoItemsFound, load_aoi
+from allspark.raster.load import AllNoDataError
+from allspark.region.config import RegionConfig
+from allspark.settings import aois_dir
 
 NAMED_STEPS = {"daily": "P1D", "weekly": "P1W", "monthly": "P1M", "quarterly": "P3M", "yearly": "P1Y"}
 _DURATION = re.compile(r"P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?")
@@ -51,14 +53,14 @@ def parse_step(text: str) -> Step:
     duration = NAMED_STEPS.get(text.lower(), text.upper())
     match = _DURATION.fullmatch(duration)
     if match is None or duration == "P":
-        raise ValueError(
+        raise ConfigError(
             f"step {text!r} is neither one of {', '.join(NAMED_STEPS)} nor an ISO 8601 duration of years, months, "
             f"weeks and days such as P14D or P1M"
         )
     years, months, weeks, days = (int(value or 0) for value in match.groups())
     step = Step(months=12 * years + months, days=7 * weeks + days)
     if step == (0, 0):
-        raise ValueError(f"step {text!r} is zero")
+        raise ConfigError(f"step {text!r} is zero")
     return step
 
 
@@ -88,18 +90,13 @@ def date_windows(start: dt.date, end: dt.date, step: str) -> list[Window]:
     the 31st keep to month ends), and ends the day before the next one starts.
     """
     if end < start:
-        raise ValueError(f"backfill range ends ({end}) before it starts ({start})")
+        raise ConfigError(f"backfill range ends ({end}) before it starts ({start})")
     months, days = parse_step(step)
     windows: list[Window] = []
     while (first := _shift(start, len(windows) * months, len(windows) * days)) <= end:
         after = _shift(start, (len(windows) + 1) * months, (len(windows) + 1) * days)
         windows.append(Window(start=first, end=min(after - dt.timedelta(days=1), end)))
     return windows
-
-
-def aois_dir() -> Path:
-    """The named AOIs: ``deployments/aois/<name>.geojson`` beside the package."""
-    return Path(__file__).resolve().parents[1] / "deployments" / "aois"
 
 
 class AOI(BaseModel):
@@ -166,7 +163,7 @@ class WindowJob(BaseModel):
 def backfill_root(base: RegionConfig, name: str) -> Path:
     """Where a backfill's windows, root catalog and report go: ``base.output_dir / name``."""
     if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"backfill name {name!r} must be letters, digits and _.- only (it names a folder)")
+        raise ConfigError(f"backfill name {name!r} must be letters, digits and _.- only (it names a folder)")
     return base.output_dir / name
 
 
@@ -179,12 +176,12 @@ def plan_backfill(base: RegionConfig, aois: Sequence[str | Path], start: dt.date
     finds what an earlier run published.
     """
     if not aois:
-        raise ValueError("a backfill needs at least one AOI (a GeoJSON file or a name in deployments/aois/)")
+        raise ConfigError("a backfill needs at least one AOI (a GeoJSON file or a name in deployments/aois/)")
     root = backfill_root(base, name)
     resolved = [resolve_aoi(aoi) for aoi in aois]
     names = [aoi.name for aoi in resolved]
     if len(set(names)) != len(names):
-        raise ValueError(f"AOI names must be unique (they name the output folders): {names}")
+        raise ConfigError(f"AOI names must be unique (they name the output folders): {names}")
     windows = date_windows(start, end, step)
     settings = base.model_dump()
     return [
@@ -222,12 +219,12 @@ def write_report(root: Path, results: Sequence[WindowResult], settings: dict) ->
     """``backfill-report.json`` (settings, counts, every window) and ``.md`` (the table) in ``root``, atomically."""
     paths = {"json": root / f"{REPORT_NAME}.json", "markdown": root / f"{REPORT_NAME}.md"}
     with folder_lock(root):
-        publish.write_json({
+        write_json({
             "settings": settings,
             "counts": count_statuses(results),
             "windows": [r.model_dump(mode="json") | {"seconds": r.seconds} for r in results],
         }, paths["json"])
-        publish.write_text(f"# Backfill {root.name}\n\n{summary_table(results)}\n", paths["markdown"])
+        write_text(f"# Backfill {root.name}\n\n{summary_table(results)}\n", paths["markdown"])
     return {key: str(path) for key, path in paths.items()}
 
 
@@ -248,5 +245,5 @@ def write_root_catalog(root: Path) -> Path:
                                          media_type=pystac.MediaType.JSON, title=child.name))
         catalog.set_self_href(str(path))
         catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED
-        publish.write_json(catalog.to_dict(include_self_link=False, transform_hrefs=True), path)
+        write_json(catalog.to_dict(include_self_link=False, transform_hrefs=True), path)
     return path

@@ -1,9 +1,12 @@
-"""Lazy loading of STAC items into one dask-backed ``(band, y, x)`` array.
+"""Lazy loading of STAC items into one dask-backed ``(band, y, x)`` array of digital numbers.
 
 Two readers are offered, odc-stac (default) and stackstac. The output grid (CRS, resolution,
 snapped bounds) is computed here and handed to both, so they return the same pixels on the same
-coordinates. Values are ``DN * scale + offset`` with nodata as NaN; several overlapping items are
-reduced to one image by a per-pixel median (or the first valid observation).
+coordinates. Pixels stay digital numbers (DN) in a storage dtype chosen by :func:`storage_encoding`:
+the assets' own integer dtype with their shared nodata value where they have one (no float copy
+of the scene is ever made), else float32 with NaN for nodata. Several overlapping items are
+reduced to one image by a per-pixel median (or the first valid observation). Physical values
+(``DN * scale + offset``, NaN for nodata) are computed block by block with :func:`physical_values`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from allspark.stac import BandSpec, MissingBandError
+from allspark.errors import CatalogError, InputError, NoDataError
+from allspark.raster.catalog import BandSpec, MissingBandError
 
 Loader = Literal["odc", "stackstac"]
 Composite = Literal["median", "first"]
@@ -33,7 +37,7 @@ Composite = Literal["median", "first"]
 _SNAP_TOLERANCE = 1e-6  # fraction of a pixel ignored when snapping bounds to the pixel grid
 
 
-class CorruptAssetError(ValueError):
+class CorruptAssetError(InputError):
     """An asset that cannot be opened or read as a raster."""
 
     def __init__(self, href: str, reason: str):
@@ -42,8 +46,31 @@ class CorruptAssetError(ValueError):
         self.reason = reason
 
 
-class AllNoDataError(ValueError):
+class AllNoDataError(NoDataError):
     """A loaded stack without a single valid pixel."""
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the scene's digital numbers are stored: a dtype and the value that means "no data"."""
+
+    dtype: str
+    nodata: float  # NaN for float storage
+
+    @property
+    def is_integer(self) -> bool:
+        return np.dtype(self.dtype).kind in "iu"
+
+
+def storage_encoding(asset_dtypes: Sequence[str], bands: Sequence[BandSpec]) -> Encoding:
+    """The assets' own dtype and nodata when every band shares them (e.g. uint16, 0), else float32 + NaN."""
+    dtypes = {np.dtype(d) for d in asset_dtypes}
+    nodata = {b.nodata for b in bands}
+    if len(dtypes) == 1 and len(nodata) == 1:
+        (dtype,), (value,) = dtypes, nodata
+        if dtype.kind in "iu" and value is not None and np.can_cast(np.min_scalar_type(value), dtype):
+            return Encoding(dtype=dtype.name, nodata=float(value))
+    return Encoding(dtype="float32", nodata=float("nan"))
 
 
 @dataclass(frozen=True)
@@ -64,12 +91,13 @@ class Grid:
         return Affine(self.resolution, 0.0, self.bounds[0], 0.0, -self.resolution, self.bounds[3])
 
 
-def check_readable(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) -> None:
+def check_readable(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) -> list[str]:
     """Open every asset to be loaded and read one pixel, so a corrupt file fails now, not inside dask.
 
-    Raises :class:`CorruptAssetError` naming the href, or :class:`MissingBandError` for an item
-    without the asset.
+    Returns the dtype of every asset read. Raises :class:`CorruptAssetError` naming the href, or
+    :class:`MissingBandError` for an item without the asset.
     """
+    dtypes = []
     for item in items:
         for band in bands:
             asset = item.assets.get(band.asset)
@@ -79,52 +107,52 @@ def check_readable(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) -> N
             try:
                 with rasterio.open(href) as src:
                     src.read(1, window=Window(0, 0, 1, 1))
+                    dtypes.append(src.dtypes[0])
             except (RasterioError, OSError) as err:
                 raise CorruptAssetError(href, str(err)) from err
+    return dtypes
 
 
 def load_stack(
     items: Sequence[pystac.Item],
     bands: Sequence[BandSpec],
+    encoding: Encoding,
     *,
     loader: Loader = "odc",
     bbox_4326: tuple[float, float, float, float] | None = None,
     crs: str | int | None = None,
     resolution: float | None = None,
-    dtype: str = "float32",
-    chunks: int = 512,
+    chunks: int = 1024,
     composite: Composite = "median",
 ) -> xr.DataArray:
-    """Load the bands of ``items`` lazily as a ``(band, y, x)`` DataArray (nothing is computed).
+    """Load the bands of ``items`` lazily as a ``(band, y, x)`` DataArray of DNs (nothing is computed).
 
     Items are ordered by time (then id); overlapping observations are reduced by ``composite``:
-    the per-pixel ``"median"`` of valid values, or the ``"first"`` (earliest) valid value.
+    the per-pixel ``"median"`` of valid values (rounded back to an integer ``encoding``), or the
+    ``"first"`` (earliest) valid value.
 
     ``bbox_4326`` clips to an area (lon/lat); ``crs`` / ``resolution`` default to the items' native
     CRS (that of the first item) and finest native pixel size. Coordinates: ``band`` (band names),
     ``wavelength`` along band (micrometres), ``y``/``x`` pixel centres; CRS and transform are written
-    with rioxarray and ``attrs["stac_items"]`` lists the item ids.
+    with rioxarray, the nodata value of ``encoding`` too, and ``attrs["stac_items"]`` lists the item ids.
     """
     if not items:
-        raise ValueError("load_stack needs at least one STAC item")
+        raise CatalogError("load_stack needs at least one STAC item")
     if not bands:
-        raise ValueError("load_stack needs at least one band")
-    if np.dtype(dtype).kind != "f":
-        raise ValueError(f"dtype must be a floating type (nodata becomes NaN), got {dtype!r}")
+        raise CatalogError("load_stack needs at least one band")
     items = sorted(items, key=lambda item: (item.datetime or item.common_metadata.start_datetime, item.id))
     grid = output_grid(items, bands, bbox_4326=bbox_4326, crs=crs, resolution=resolution)
     assets = list(dict.fromkeys(b.asset for b in bands))
     if loader == "odc":
-        raw = _load_odc(items, assets, grid, dtype, chunks)
+        raw = _load_odc(items, assets, grid, encoding, chunks)
     elif loader == "stackstac":
-        raw = _load_stackstac(items, assets, grid, dtype, chunks)
+        raw = _load_stackstac(items, assets, grid, encoding, chunks)
     else:
-        raise ValueError(f"loader must be 'odc' or 'stackstac', got {loader!r}")
+        raise CatalogError(f"loader must be 'odc' or 'stackstac', got {loader!r}")
     raw = raw.reset_coords(drop=True).transpose("time", "band", "y", "x").sel(band=[b.asset for b in bands])
     if raw.shape[-2:] != grid.shape:
         raise RuntimeError(f"{loader} returned a {raw.shape[-2:]} grid, expected {grid.shape}")
-    values = _apply_scale(raw.drop_vars("band"), bands, dtype)
-    stack = _reduce_time(values, composite)
+    stack = _reduce_time(raw.drop_vars("band"), bands, encoding, composite)
     rows, cols = grid.shape
     minx, _, _, maxy = grid.bounds
     stack = stack.assign_coords(
@@ -135,20 +163,28 @@ def load_stack(
     )
     stack.attrs = {"stac_items": [item.id for item in items]}
     stack = stack.rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_crs(f"EPSG:{grid.epsg}")
-    return stack.rio.write_transform(grid.transform).rio.write_nodata(np.nan, encoded=False)
+    return stack.rio.write_transform(grid.transform).rio.write_nodata(encoding.nodata, encoded=False)
 
 
-def no_data_error(stack: xr.DataArray) -> AllNoDataError:
-    """The error for a stack without a single valid pixel, naming its size, bands and items.
+def physical_values(dn: np.ndarray, bands: Sequence[BandSpec], encoding: Encoding) -> np.ndarray:
+    """float32 ``DN * scale + offset`` of a ``(band, ...)`` array, NaN where the DN is nodata."""
+    shape = (-1,) + (1,) * (dn.ndim - 1)
+    scale = np.asarray([b.scale for b in bands], dtype="float32").reshape(shape)
+    offset = np.asarray([b.offset for b in bands], dtype="float32").reshape(shape)
+    values = dn.astype("float32") * scale + offset
+    missing = np.isnan(dn) if not encoding.is_integer else dn == encoding.nodata
+    return np.where(missing, np.float32(np.nan), values)
 
-    The count itself comes from the step that reads the pixels anyway (chipping), so checking
-    costs no extra pass over the data.
+
+def no_data_error(height: int, width: int, bands: Sequence[str], items: Sequence[str]) -> AllNoDataError:
+    """The error for a scene without a single valid pixel, naming its size, bands and items.
+
+    The count itself comes from the step that reads the pixels anyway (the scene write), so
+    checking costs no extra pass over the data.
     """
-    items = ", ".join(stack.attrs.get("stac_items", [])) or "unknown"
     return AllNoDataError(
-        f"the loaded stack ({stack.sizes['y']}x{stack.sizes['x']} px, bands "
-        f"{', '.join(map(str, stack['band'].values))}) has no valid pixel; items: {items}. "
-        f"The AOI may only cover the items' nodata area."
+        f"the loaded scene ({height}x{width} px, bands {', '.join(bands)}) has no valid pixel; items: "
+        f"{', '.join(items) or 'unknown'}. The AOI may only cover the items' nodata area."
     )
 
 
@@ -164,10 +200,10 @@ def output_grid(
     native = _item_epsg(items[0])
     epsg = native if crs is None else CRS.from_user_input(crs).to_epsg()
     if epsg is None:
-        raise ValueError(f"crs {crs!r} has no EPSG code; pass one such as 'EPSG:32617'")
+        raise CatalogError(f"crs {crs!r} has no EPSG code; pass one such as 'EPSG:32617'")
     if resolution is None:
         if CRS.from_epsg(epsg).linear_units != CRS.from_epsg(native).linear_units:
-            raise ValueError(f"pass resolution= in the units of EPSG:{epsg}; the native one is in other units")
+            raise CatalogError(f"pass resolution= in the units of EPSG:{epsg}; the native one is in other units")
         resolution = _native_resolution(items, bands)
     extents = [_item_bounds(item, epsg) for item in items]
     minx, miny = min(e[0] for e in extents), min(e[1] for e in extents)
@@ -176,7 +212,7 @@ def output_grid(
         bx0, by0, bx1, by1 = transform_bounds("EPSG:4326", f"EPSG:{epsg}", *bbox_4326, densify_pts=21)
         minx, miny, maxx, maxy = max(minx, bx0), max(miny, by0), min(maxx, bx1), min(maxy, by1)
         if minx >= maxx or miny >= maxy:
-            raise ValueError(f"bbox {bbox_4326} does not overlap the items {[item.id for item in items]}")
+            raise NoDataError(f"bbox {bbox_4326} does not overlap the items {[item.id for item in items]}")
     bounds = (_snap(minx, resolution, up=False), _snap(miny, resolution, up=False),
               _snap(maxx, resolution, up=True), _snap(maxy, resolution, up=True))
     return Grid(epsg=epsg, resolution=float(resolution), bounds=bounds)
@@ -188,13 +224,15 @@ def _snap(value: float, resolution: float, *, up: bool) -> float:
     return (math.ceil(steps - _SNAP_TOLERANCE) if up else math.floor(steps + _SNAP_TOLERANCE)) * resolution
 
 
-def _load_odc(items: Sequence[pystac.Item], assets: list[str], grid: Grid, dtype: str, chunks: int) -> xr.DataArray:
+def _load_odc(items: Sequence[pystac.Item], assets: list[str], grid: Grid, encoding: Encoding,
+              chunks: int) -> xr.DataArray:
     import odc.stac
     from odc.geo.geobox import GeoBox
 
     geobox = GeoBox(grid.shape, grid.transform, f"EPSG:{grid.epsg}")
     ds = odc.stac.load(
-        items, bands=assets, geobox=geobox, dtype=dtype, nodata=np.nan, chunks={"x": chunks, "y": chunks},
+        items, bands=assets, geobox=geobox, dtype=encoding.dtype, nodata=encoding.nodata,
+        chunks={"x": chunks, "y": chunks},
         groupby=lambda item, parsed, index: index, resampling="nearest",  # one slice per item, in input order
     )
     raw = ds[assets].to_dataarray("band")
@@ -202,39 +240,42 @@ def _load_odc(items: Sequence[pystac.Item], assets: list[str], grid: Grid, dtype
 
 
 def _load_stackstac(
-    items: Sequence[pystac.Item], assets: list[str], grid: Grid, dtype: str, chunks: int
+    items: Sequence[pystac.Item], assets: list[str], grid: Grid, encoding: Encoding, chunks: int
 ) -> xr.DataArray:
     import stackstac
 
-    nan = np.dtype(dtype).type(np.nan)  # stackstac rejects a Python float NaN for float32 output
+    dtype = np.dtype(encoding.dtype)
     return stackstac.stack(
         [_with_proj_epsg(item) for item in items], assets=assets, epsg=grid.epsg, resolution=grid.resolution,
-        bounds=grid.bounds, snap_bounds=False, dtype=np.dtype(dtype), fill_value=nan, rescale=False,
+        bounds=grid.bounds, snap_bounds=False, dtype=dtype, fill_value=dtype.type(encoding.nodata), rescale=False,
         xy_coords="center", chunksize=chunks, properties=False, band_coords=False, sortby_date=False,
         resampling=Resampling.nearest,
     )
 
 
-def _apply_scale(raw: xr.DataArray, bands: Sequence[BandSpec], dtype: str) -> xr.DataArray:
-    """Mask each band's nodata value, then apply its scale and offset."""
-    nodata = xr.DataArray([np.nan if b.nodata is None else b.nodata for b in bands], dims="band")
-    scale = xr.DataArray(np.array([b.scale for b in bands], dtype=dtype), dims="band")
-    offset = xr.DataArray(np.array([b.offset for b in bands], dtype=dtype), dims="band")
-    return raw.where(raw != nodata) * scale + offset
+def _reduce_time(raw: xr.DataArray, bands: Sequence[BandSpec], encoding: Encoding, composite: Composite) -> xr.DataArray:
+    """One image of DNs from the time slices: per-pixel median over valid values, or the first valid value.
 
-
-def _reduce_time(values: xr.DataArray, composite: Composite) -> xr.DataArray:
-    """One image from the time slices: per-pixel median over valid values, or the first valid value."""
-    if values.sizes["time"] == 1:
-        return values.isel(time=0, drop=True)
+    Float storage masks each band's own nodata value to NaN here; integer storage already holds its
+    one nodata value, and a median (a float) is rounded back to the storage dtype.
+    """
+    if not encoding.is_integer:
+        band_nodata = xr.DataArray([np.nan if b.nodata is None else b.nodata for b in bands], dims="band")
+        raw = raw.where(raw != band_nodata)
+    if raw.sizes["time"] == 1:
+        return raw.isel(time=0, drop=True)
+    valid = raw if not encoding.is_integer else raw.where(raw != encoding.nodata)
     if composite == "median":
-        return values.chunk({"time": -1}).median("time", skipna=True)
-    if composite == "first":
-        result = values.isel(time=0, drop=True)
-        for t in range(1, values.sizes["time"]):
-            result = result.fillna(values.isel(time=t, drop=True))
-        return result
-    raise ValueError(f"composite must be 'median' or 'first', got {composite!r}")
+        reduced = valid.chunk({"time": -1}).median("time", skipna=True)
+    elif composite == "first":
+        reduced = valid.isel(time=0, drop=True)
+        for t in range(1, valid.sizes["time"]):
+            reduced = reduced.fillna(valid.isel(time=t, drop=True))
+    else:
+        raise CatalogError(f"composite must be 'median' or 'first', got {composite!r}")
+    if encoding.is_integer:
+        reduced = reduced.round().fillna(encoding.nodata).astype(encoding.dtype)
+    return reduced
 
 
 def _item_epsg(item: pystac.Item) -> int:
@@ -245,7 +286,7 @@ def _item_epsg(item: pystac.Item) -> int:
         code = str(fields.get("proj:code") or "")
         if code.upper().startswith("EPSG:"):
             return int(code.split(":")[1])
-    raise ValueError(f"item {item.id} has no proj:code / proj:epsg; pass crs= to load_stack")
+    raise CatalogError(f"item {item.id} has no proj:code / proj:epsg; pass crs= to load_stack")
 
 
 def _native_resolution(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) -> float:
@@ -259,7 +300,7 @@ def _native_resolution(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) 
             if size:
                 sizes.append(float(size))
     if not sizes:
-        raise ValueError(f"items {[i.id for i in items]} give no proj:transform or gsd; pass resolution=")
+        raise CatalogError(f"items {[i.id for i in items]} give no proj:transform or gsd; pass resolution=")
     return min(sizes)
 
 

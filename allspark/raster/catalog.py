@@ -2,7 +2,7 @@
 
 A catalog config (``catalogs/<name>.yaml``) says where the imagery lives (a static STAC catalog or
 a STAC API), which collection to use and how its bands map to asset keys, centre wavelengths and
-scale/offset/nodata. Items found here are loaded by :mod:`allspark.loading`.
+scale/offset/nodata. Items found here are loaded by :mod:`allspark.raster.load`.
 """
 
 from __future__ import annotations
@@ -16,39 +16,37 @@ from typing import Any, Literal
 
 import pystac
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from shapely import is_valid_reason
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from allspark.paths import cache_dir
+from allspark.core.config import StrictModel
+from allspark.errors import CatalogError, ConfigError, InputError, NoDataError
+from allspark.settings import cache_dir, catalogs_dir
 
 LABEL_SCHEMA_PREFIX = "https://stac-extensions.github.io/label/"
 
 
-class CatalogConfigError(ValueError):
+class CatalogConfigError(ConfigError):
     """A catalog config that cannot be read or used; the message names the file."""
 
 
-class CatalogNotFoundError(ValueError):
+class CatalogNotFoundError(CatalogError):
     """A static catalog path that does not exist."""
 
 
-class NoItemsFound(ValueError):
+class NoItemsFound(NoDataError):
     """A search that matched no item; the message says what the catalog does cover."""
 
 
-class MissingBandError(ValueError):
+class MissingBandError(CatalogError):
     """A requested band that an item does not have; the message lists the bands it has."""
 
 
-class AOIError(ValueError):
+class AOIError(InputError):
     """An area of interest that cannot be read or is not a valid lon/lat geometry."""
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class BandSpec(StrictModel):
@@ -96,16 +94,10 @@ class CatalogConfig(StrictModel):
         return self
 
 
-def catalogs_dir() -> Path:
-    """Folder of the named catalog configs: ``$ALLSPARK_CATALOGS`` or ``catalogs/`` beside the package."""
-    env = os.environ.get("ALLSPARK_CATALOGS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "catalogs"
-
-
 def load_catalog_config(path_or_name: str | Path) -> CatalogConfig:
     """Read a catalog config from a YAML path, or by name (``"demo"`` -> ``catalogs/demo.yaml``).
 
-    ``${ALLSPARK_CACHE}`` in a static path expands to :func:`allspark.paths.cache_dir` (also when
+    ``${ALLSPARK_CACHE}`` in a static path expands to :func:`allspark.settings.cache_dir` (also when
     the variable is unset), other ``$VARS`` and ``~`` expand as usual, and a relative path is
     taken relative to the YAML file. Unknown keys are errors naming the file.
     """
@@ -224,7 +216,7 @@ def _parse_time(text: str | None, *, end: bool) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"datetime {text!r} is not an ISO 8601 date or time (e.g. 2000-01-31)") from None
+        raise ConfigError(f"datetime {text!r} is not an ISO 8601 date or time (e.g. 2000-01-31)") from None
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) and end:
         value += dt.timedelta(days=1) - dt.timedelta(microseconds=1)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -234,10 +226,10 @@ def _parse_range(datetime: tuple[str | None, str | None] | None) -> tuple[dt.dat
     if datetime is None:
         return None, None
     if len(datetime) != 2:
-        raise ValueError(f"datetime range must be (start, end), got {datetime!r}")
+        raise ConfigError(f"datetime range must be (start, end), got {datetime!r}")
     start, end = _parse_time(datetime[0], end=False), _parse_time(datetime[1], end=True)
     if start is not None and end is not None and start > end:
-        raise ValueError(f"datetime range starts after it ends: {datetime!r}")
+        raise ConfigError(f"datetime range starts after it ends: {datetime!r}")
     return start, end
 
 

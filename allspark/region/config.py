@@ -1,0 +1,125 @@
+"""The region run config: which catalog, area, dates and bands; how chips are cut; the model and its training.
+
+The defaults are the embedded demo (Landsat 7 over North Carolina, seven land-cover classes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from allspark.core.config import (
+    NAME_PATTERN,
+    LanguageModelSettings,
+    RunConfig,
+    SettingsBlock,
+    TrainSettings,
+    load_config,
+)
+
+LANDSAT7_NC_CLASSES = [
+    "developed",
+    "agriculture",
+    "herbaceous",
+    "shrubland",
+    "forest",
+    "water",
+    "sediment",
+]
+
+
+class ChipConfig(SettingsBlock):
+    """How inference cuts chips from the scene (in pixels, by dimension name) and the blocks it works in."""
+
+    size: int = Field(16, ge=4, description="Chip height and width in pixels.")
+    overlap: int = Field(8, ge=0, description="Pixels shared by neighbouring chips (blended with smooth weights).")
+    block: int = Field(256, ge=16, description="Side of the scene store's blocks: one inference task each.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChipConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"chips.overlap ({self.overlap}) must be smaller than chips.size ({self.size})")
+        if self.block < self.size:
+            raise ValueError(f"chips.block ({self.block}) must be at least chips.size ({self.size})")
+        return self
+
+
+class RegionTrainSettings(TrainSettings):
+    """Fine-tuning on labelled pixels of the catalog (a STAC label item over the imagery)."""
+
+    label_item: str | None = Field(
+        None, description="Id of the STAC label item; default: the label item whose source is the image."
+    )
+    holdout: Literal["regions", "pixels"] = Field(
+        "regions", description="Hold out whole labelled regions (honest) or random pixels (optimistic)."
+    )
+    holdout_fraction: float = Field(0.3, gt=0, lt=1)
+    max_train_pixels: int | None = Field(
+        None, ge=1, description="Cap on training pixels (stratified), for quick runs and tests."
+    )
+
+
+class RegionModelConfig(SettingsBlock):
+    """The multispectral encoder, bridge and dense head (the language model is the ``language`` block)."""
+
+    patch_size: int = Field(2, ge=1)
+    stem_dim: int = Field(128, ge=4, multiple_of=4, description="token width of the DOFA stem")
+    trunk_depth: int = Field(0, ge=0, description="ViT layers after the stem (0: stem only, fastest on a CPU)")
+    num_queries: int = Field(16, ge=1)
+    bridge_depth: int = Field(2, ge=1)
+    bridge_heads: int = Field(8, ge=1)
+
+    def allspark_config(self, class_names: list[str], language: LanguageModelSettings) -> Any:
+        """The model's :class:`allspark.model.AllSparkConfig` (a per-pixel classification head)."""
+        from allspark.model.model import AllSparkConfig  # the model package imports torch: only when needed
+
+        return AllSparkConfig(
+            modality="multispectral",
+            encoder={"patch_size": self.patch_size, "width": self.stem_dim, "depth": self.trunk_depth},
+            bridge={"num_queries": self.num_queries, "depth": self.bridge_depth, "heads": self.bridge_heads},
+            head={"kind": "dense_classification", "num_classes": len(class_names)},
+            class_names=class_names,
+            **language.allspark_fields(),
+        )
+
+
+class RegionConfig(RunConfig):
+    """Everything one run of the region pipeline needs; the defaults are the embedded demo."""
+
+    kind: ClassVar[str] = "region"
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir", "dask_address", "n_workers"})
+    block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        "language": {"layers": 4},
+        "train": {"epochs": 6, "learning_rate": 1e-3, "warmup_epochs": 1, "weight_decay": 0.01},
+    }
+
+    name: str = Field("demo", pattern=NAME_PATTERN)
+    catalog: str = Field("demo", description="A name under catalogs/ or a path to a catalog YAML.")
+    aoi: str | None = Field(None, description="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat; none = all.")
+    datetime: tuple[str, str] | None = Field(None, description="Inclusive date range, ISO 8601.")
+    bands: list[str] = Field(default_factory=lambda: ["B1", "B2", "B3", "B4", "B5", "B7"], min_length=1)
+    loader: Literal["odc", "stackstac"] = "odc"
+    composite: Literal["median", "first"] = "median"
+    resolution: float | None = Field(None, gt=0, description="Output pixel size in CRS units; none = native.")
+    chips: ChipConfig = Field(default_factory=ChipConfig)
+    class_names: list[str] = Field(default_factory=lambda: list(LANDSAT7_NC_CLASSES), min_length=2)
+    model: RegionModelConfig = Field(default_factory=RegionModelConfig)
+    language: LanguageModelSettings
+    train: RegionTrainSettings | None = Field(description="Fine-tuning; null with a checkpoint.")
+    checkpoint: Path | None = Field(None, description="Use this checkpoint instead of fine-tuning.")
+    inference_batch: int = Field(32, ge=1)
+    dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
+    n_workers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RegionConfig:
+        if self.train is None and self.checkpoint is None:
+            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
+        return self
+
+
+def load_region_config(path: str | Path | None = None, **overrides: object) -> RegionConfig:
+    """The region run config: see :func:`allspark.core.config.load_config`."""
+    return load_config(RegionConfig, path, **overrides)

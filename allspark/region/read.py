@@ -1,0 +1,138 @@
+"""Reading a region's inputs: the plan (catalog search, bands, checks) and the labels on the scene's grid.
+
+Everything that can be checked before work starts (config, catalog, AOI, dates, bands, readable
+assets) is checked by :func:`plan_region`, so bad input fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+from pydantic import BaseModel, ConfigDict
+from rasterio.enums import Resampling
+from rasterio.warp import reproject, transform_bounds
+
+from allspark.errors import InputError
+from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
+from allspark.raster.load import Encoding, check_readable, output_grid, storage_encoding
+from allspark.raster.scene import Scene
+from allspark.raster.windows import Window
+
+PLAN_FILE = "plan.json"
+
+
+class RegionPlan(BaseModel):
+    """What a run reads: the catalog, the items found, the bands resolved on them, the grid and the encoding."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    catalog: CatalogConfig
+    items: list[dict]
+    bands: list[BandSpec]
+    aoi_bbox: tuple[float, float, float, float] | None
+    shape: tuple[int, int]
+    dtype: str
+    nodata: float | None  # None: NaN
+
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(self.dtype, math.nan if self.nodata is None else self.nodata)
+
+    def pystac_items(self) -> list[pystac.Item]:
+        return [pystac.Item.from_dict(d) for d in self.items]
+
+    def digest(self) -> str:
+        """A short hash of the items and bands: part of the work folder's key."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    def local_assets(self) -> list[Path]:
+        """The band files on this machine's disk (their content keys the work folder too)."""
+        hrefs = {item["assets"][band.asset]["href"] for item in self.items for band in self.bands}
+        paths = [Path(href.removeprefix("file://")) for href in sorted(hrefs) if "://" not in href.removeprefix("file://")]
+        return [path for path in paths if path.is_file()]
+
+
+def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None, bands: list[str],
+                resolution: float | None) -> RegionPlan:
+    """Search the catalog and check every input; raise a clear error before any work is done."""
+    catalog_config = load_catalog_config(catalog)
+    area = load_aoi(aoi) if aoi else None
+    items = search_items(catalog_config, area, datetime)
+    # every item must carry the bands; the first item's specs describe them all
+    specs = [resolve_bands(item, bands, catalog_config) for item in items][0]
+    encoding = storage_encoding(check_readable(items, specs), specs)
+    bbox = tuple(area.bounds) if area is not None else None
+    grid = output_grid(items, specs, bbox_4326=bbox, resolution=resolution)
+    return RegionPlan(
+        catalog=catalog_config,
+        items=[item.to_dict(transform_hrefs=False) for item in items],
+        bands=specs,
+        aoi_bbox=bbox,
+        shape=grid.shape,
+        dtype=encoding.dtype,
+        nodata=None if math.isnan(encoding.nodata) else encoding.nodata,
+    )
+
+
+def save_plan(plan: RegionPlan, work_dir: Path) -> None:
+    (work_dir / PLAN_FILE).write_text(plan.model_dump_json())
+
+
+def load_plan(work_dir: Path) -> RegionPlan:
+    return RegionPlan.model_validate_json((work_dir / PLAN_FILE).read_text())
+
+
+def find_label_item(catalog: CatalogConfig, image_items: list[pystac.Item], label_id: str | None) -> pystac.Item:
+    """The STAC label item for the imagery: the one named, or the one whose source is an image item."""
+    image_ids = {item.id for item in image_items}
+    try:
+        label_items = search_items(catalog, labels=True)
+    except NoItemsFound as err:  # a training problem, not an area without imagery
+        raise InputError(f"{err}: fine-tuning needs a STAC label item (or give a checkpoint)") from None
+    for item in label_items:
+        sources = {link.resolve_stac_object().target.id for link in item.get_links("source")}
+        if (label_id is not None and item.id == label_id) or (label_id is None and sources & image_ids):
+            return item
+    wanted = f"label item {label_id!r}" if label_id else f"a label item whose source is one of {sorted(image_ids)}"
+    raise InputError(f"catalog {catalog.url_or_path} has no {wanted} (STAC label extension)")
+
+
+def label_href(item: pystac.Item) -> str:
+    """The label raster of a label item: its asset with role "labels", else its first asset."""
+    asset = next(iter(item.get_assets(role="labels").values()), None) or next(iter(item.assets.values()))
+    return asset.get_absolute_href()
+
+
+def read_labels(href: str, scene: Scene, margin: int) -> tuple[Window, np.ndarray]:
+    """The scene window around the labels (plus ``margin`` pixels of context) and the labels on it.
+
+    Returns the window and its (y, x) class values, 0 = unlabelled.
+    """
+    with rasterio.open(href) as src:
+        labels, label_transform, label_crs = src.read(1), src.transform, src.crs
+        left, bottom, right, top = transform_bounds(src.crs, scene.crs, *src.bounds)
+    a, _, c, _, e, f = scene.transform
+    rows = (max(0, math.floor((f - top) / -e) - margin), min(scene.height, math.ceil((f - bottom) / -e) + margin))
+    cols = (max(0, math.floor((left - c) / a) - margin), min(scene.width, math.ceil((right - c) / a) + margin))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        raise InputError(f"the labels {href} do not overlap the imagery of the scene ({scene.width} x "
+                         f"{scene.height} px, {scene.crs})")
+    window = {"y": slice(*rows), "x": slice(*cols)}
+    on_scene = np.zeros((rows[1] - rows[0], cols[1] - cols[0]), dtype=labels.dtype)
+    reproject(labels, on_scene, src_transform=label_transform, src_crs=label_crs,
+              dst_transform=rasterio.Affine(a, 0, c + a * cols[0], 0, e, f + e * rows[0]), dst_crs=scene.crs,
+              resampling=Resampling.nearest, src_nodata=None, dst_nodata=0)
+    return window, np.nan_to_num(on_scene).astype(np.int64)
+
+
+def holdout_record(rows: np.ndarray, cols: np.ndarray, classes: np.ndarray, scene: Scene, window: Window) -> str:
+    """The held-out pixels as JSON, with the grid their rows and columns refer to (to score any map by position)."""
+    a, b, c, d, e, f = scene.transform
+    transform = [a, b, c + a * window["x"].start, d, e, f + e * window["y"].start]
+    return json.dumps({"rows": rows.tolist(), "cols": cols.tolist(), "classes": classes.tolist(),
+                       "crs": scene.crs, "transform": transform})

@@ -1,0 +1,424 @@
+"""The four steps of a region run: ingest (search + scene store), train, predict (block by block), publish.
+
+- **ingest** searches the catalog, checks every input and writes the scene once, in its storage
+  dtype, to ``scene.zarr`` in the run's work folder (keyed by the config, the items and what the
+  local band files hold). An area without a single valid pixel stops the run here.
+- **train** fine-tunes on the catalog's labelled pixels read from the scene store (or takes the
+  config's checkpoint) and saves one model bundle.
+- **predict** reads each block of the scene with a halo, cuts the overlapping chips in memory,
+  predicts them in batches, blends the overlaps and writes the block's class probabilities; a
+  block marked done is never predicted again, so an interrupted run resumes exactly.
+- **publish** writes the class-map and probability COGs, the chips GeoParquet, the quicklook,
+  metrics, config and model, then the STAC catalog last.
+
+They know nothing of Prefect; :func:`run_lock` keeps two runs from writing the same work or
+output folder at once, and :func:`published_catalog` says whether a config's outputs are published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pystac
+import rasterio
+from pydantic import ValidationError
+from shapely import box
+
+from allspark.core.publish import copy_bundle, item_sources, mlm_fields, run_assets, write_geoparquet, write_stac_catalog
+from allspark.core.atomic import remove_stale_temporaries, write_json, write_text
+from allspark.core.bundle import bundle_digest, load_bundle, save_bundle
+from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
+from allspark.core.storage import check_writable, folder_lock, work_dir
+from allspark.errors import ConfigError
+from allspark.raster import outputs
+from allspark.raster.blend import blend
+from allspark.raster.load import load_stack, no_data_error, physical_values
+from allspark.raster.scene import (
+    Scene,
+    create_probabilities,
+    open_scene,
+    pending_blocks,
+    read_chip_tables,
+    read_values,
+    valid_pixels,
+    write_block,
+    write_scene,
+)
+from allspark.raster.windows import Window, chip_origins, cut_chips
+from allspark.region.config import RegionConfig
+from allspark.region.inputs import Normalizer, classification_metrics, fine_tune, predict_chips
+from allspark.region.read import (
+    RegionPlan,
+    find_label_item,
+    holdout_record,
+    label_href,
+    load_plan,
+    plan_region,
+    read_labels,
+    save_plan,
+)
+from allspark.settings import work_root
+
+SCENE_STORE = "scene.zarr"
+MODEL_DIR = "model"
+HOLDOUT_FILE = "holdout_pixels.json"
+LOADER_CHUNK = 1024  # px; 512 px chunks read 2x slower (per-chunk overhead)
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+
+
+def plan(config: RegionConfig) -> RegionPlan:
+    """The run's plan (search and input checks) from its config: about a second, nothing written."""
+    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+
+
+def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
+    """Bytes a run writes at most, uncompressed: the scene once, probabilities, a uint8 class map and float32 COG."""
+    pixels = plan.shape[0] * plan.shape[1]
+    classes = len(config.class_names)
+    return int(pixels * (len(plan.bands) * np.dtype(plan.dtype).itemsize + 4 * classes + 1 + 4 * classes))
+
+
+def ingest(config: RegionConfig, log: Log = print) -> Ingested:
+    """Search, check, and write the scene once to ``<work>/scene.zarr`` (kept when already complete)."""
+    region_plan = plan(config)
+    work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
+    check_writable(config.publish_dir, work, min_free_bytes=storage_estimate(config, region_plan))
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / SCENE_STORE
+    if store.exists():
+        scene, _ = open_scene(store)
+    else:
+        save_plan(region_plan, work)
+        raster = load_stack(
+            region_plan.pystac_items(), region_plan.bands, region_plan.encoding, loader=config.loader,
+            bbox_4326=region_plan.aoi_bbox, resolution=config.resolution, composite=config.composite,
+            chunks=max(LOADER_CHUNK, config.chips.block),
+        )
+        scene, _ = write_scene(raster, region_plan.bands, region_plan.encoding, store, config.chips.block)
+        release_freed_memory()
+    valid = valid_pixels(store)
+    if valid == 0:
+        raise no_data_error(scene.height, scene.width, config.bands, scene.items)
+    log(f"scene: {scene.width} x {scene.height} px, {len(scene.bands)} bands ({scene.dtype}), "
+        f"{valid} pixels with data, items {', '.join(scene.items)}")
+    return Ingested(work_dir=work, store=store, summary={
+        "items": len(region_plan.items), "height": scene.height, "width": scene.width, "valid_pixels": valid,
+        "blocks": len(scene.blocks()),
+    })
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed by a step back to the OS (glibc's ``malloc_trim``; a no-op elsewhere).
+
+    glibc keeps freed blocks of the threads that loaded or wrote the area, so without this the
+    flow process stays larger after each step by an amount that grows with the area, and the next
+    step's peak stacks on top. Dask's workers do the same through their ``MALLOC_TRIM_THRESHOLD_``.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+
+def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained:
+    """Fine-tune on the catalog's labelled pixels (read from the scene store) and save the bundle.
+
+    Only the part of the scene around the labels (plus one chip of context) is read.
+    """
+    if config.checkpoint is not None:
+        return given_checkpoint(config.checkpoint)
+    directory = ingested.work_dir / MODEL_DIR
+    if directory.exists():
+        return Trained(checkpoint=directory, metrics=_metrics_of(directory))
+    if config.train is None:
+        raise ConfigError(f"region {config.name!r} has no train settings: nothing to fine-tune")
+    from allspark.model.model import AllSpark
+    from allspark.model.training import seed_everything
+
+    region_plan = load_plan(ingested.work_dir)
+    scene, dn = open_scene(ingested.store)
+    label_item = find_label_item(region_plan.catalog, region_plan.pystac_items(), config.train.label_item)
+    window, labels = read_labels(label_href(label_item), scene, margin=config.chips.size)
+    image = read_values(scene, dn, window)
+    seed_everything(config.seed)  # the initial weights too, not only the data order
+    model = AllSpark(config.model.allspark_config(config.class_names, config.language))
+    normalizer, metrics, holdout = fine_tune(
+        model, image=image, labels=labels, bands=config.bands,
+        wavelengths=[b.center_wavelength for b in scene.bands], class_names=config.class_names,
+        chip_size=config.chips.size, config=config.train, seed=config.seed, log=log,
+    )
+    metrics["label_item"] = label_item.id
+    save_bundle(directory, model, normalizer, metrics, extra_files={
+        HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)})
+    return Trained(checkpoint=directory, metrics=metrics)
+
+
+def _metrics_of(directory: Path) -> dict | None:
+    from allspark.core.bundle import training_metrics
+
+    return training_metrics(directory)
+
+
+# -- predict --------------------------------------------------------------------------------------
+
+
+def predict(config: RegionConfig, ingested: Ingested, trained: Trained, mapper: Mapper = serial_map) -> Predicted:
+    """Predict every block not yet done into ``<work>/predictions-<model digest>.zarr``.
+
+    ``mapper`` runs :func:`predict_block` over the pending blocks (a flow passes one that fans
+    them out as tasks on Dask).
+    """
+    scene, _ = open_scene(ingested.store)
+    store = ingested.work_dir / f"predictions-{bundle_digest(trained.checkpoint)}.zarr"
+    create_probabilities(store, scene, len(config.class_names))
+    pending = pending_blocks(store, scene)
+    task = functools.partial(predict_block, ingested.store, store, trained.checkpoint, config.chips.size,
+                             config.chips.overlap, config.inference_batch)
+    chips = sum(mapper(task, pending))
+    return Predicted(store=store, summary={
+        "blocks": len(scene.blocks()), "blocks_predicted": len(pending),
+        "blocks_done_before": len(scene.blocks()) - len(pending), "chips_predicted": chips,
+    })
+
+
+def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: int, overlap: int,
+                  batch_size: int, window: Window) -> int:
+    """Predict one block: cut the chips over it (block plus halo) in memory, blend, write; return chips predicted.
+
+    The chip layout is the scene's (see :func:`allspark.raster.windows.chip_origins`), so the map
+    does not depend on the blocks. Each chip whose origin lies in the block gets a row in the
+    block's chip table: its class (argmax of its mean probability over pixels with data) and that
+    probability as its score.
+    """
+    bundle = load_bundle(checkpoint, Normalizer)
+    scene, dn = open_scene(scene_store)
+    rows, cols = chip_origins(window, scene.height, scene.width, size, overlap)
+    top, left = int(rows.min()), int(cols.min())
+    halo = {"y": slice(top, min(scene.height, int(rows.max()) + size)),
+            "x": slice(left, min(scene.width, int(cols.max()) + size))}
+    values = read_values(scene, dn, halo)
+    values = np.pad(values, ((0, 0), (0, max(0, size - values.shape[1])), (0, max(0, size - values.shape[2]))),
+                    constant_values=np.nan)  # a scene smaller than one chip
+    chips = cut_chips(values, rows - top, cols - left, size)
+    valid = np.isfinite(chips).any(axis=(1, 2, 3))
+    probabilities = predict_chips(bundle.model, bundle.preprocessing, chips[valid],
+                                  [b.center_wavelength for b in scene.bands], batch_size)
+    blended = blend(probabilities, rows[valid], cols[valid], window)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels without data are NaN, as wanted
+        mean = np.nanmean(probabilities, axis=(2, 3))
+    owned = ((rows[valid] >= window["y"].start) & (rows[valid] < window["y"].stop)
+             & (cols[valid] >= window["x"].start) & (cols[valid] < window["x"].stop))
+    table = pd.DataFrame({
+        "row": rows[valid][owned], "col": cols[valid][owned],
+        "class_index": np.nan_to_num(mean[owned], nan=-1).argmax(axis=1).astype("int16"),
+        "score": np.nanmax(np.nan_to_num(mean[owned], nan=-1), axis=1).astype("float32"),
+    })
+    write_block(predictions, scene, window, blended, table)
+    return int(valid.sum())
+
+
+# -- publish --------------------------------------------------------------------------------------
+
+
+def publish(config: RegionConfig, ingested: Ingested, trained: Trained, predicted: Predicted) -> Published:
+    """Write the region's outputs from the probability store, then their STAC catalog; return what was published."""
+    started = time.perf_counter()
+    out = config.publish_dir
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    region_plan = load_plan(ingested.work_dir)
+    scene, dn = open_scene(ingested.store)
+    paths = {name: out / file for name, file in (
+        ("classmap", "classmap.tif"), ("probabilities", "probabilities.tif"), ("chips", "chips.parquet"),
+        ("quicklook", "quicklook.png"), ("metrics", "metrics.json"), ("config", "config.yaml"), ("model", "model"))}
+    class_pixels = outputs.write_prediction_rasters(predicted.store, scene, config.class_names,
+                                                    paths["classmap"], paths["probabilities"])
+    release_freed_memory()
+    item_ids = [d["id"] for d in region_plan.items]
+    write_geoparquet(chip_frame(read_chip_tables(predicted.store), scene, config, item_ids), paths["chips"])
+    outputs.write_quicklook(paths["classmap"], rgb_preview(scene, dn), config.class_names,
+                            f"AllSpark land cover: {config.name}", paths["quicklook"])
+    metrics = {
+        "region": config.name,
+        "fine_tuning": trained.metrics,
+        "map_holdout": map_accuracy(paths["classmap"], trained.checkpoint, config.class_names),
+        "class_area_m2": {name: n * scene.pixel_area for name, n in class_pixels.items()},
+        "ingest": dict(ingested.summary),
+        "inference": dict(predicted.summary),
+        "publish_seconds": round(time.perf_counter() - started, 1),
+    }
+    if trained.metrics:
+        metrics["holdout_accuracy"] = trained.metrics["holdout"]["overall_accuracy"]
+    write_json(metrics, paths["metrics"])
+    write_text(config.to_yaml(), paths["config"])
+    copy_bundle(trained.checkpoint, paths["model"])
+    time_range, sources = item_sources(region_plan.pystac_items())
+    catalog = write_stac_catalog(
+        out,
+        item_id=f"{config.name}-landcover",
+        crs=scene.crs,
+        bounds=scene.bounds,
+        time_range=time_range,
+        sources=sources,
+        assets=_assets(config),
+        properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": item_ids},
+        model_fields=_model_fields(config, trained.checkpoint),
+    )
+    return Published(catalog=catalog, paths=paths, metrics=metrics)
+
+
+def chip_frame(chips: pd.DataFrame, scene: Scene, config: RegionConfig, item_ids: list[str]) -> gpd.GeoDataFrame:
+    """Footprint, predicted class and score of every chip with data."""
+    a, _, c, _, e, f = scene.transform
+    size = config.chips.size
+    rows, cols = chips["row"].to_numpy(), chips["col"].to_numpy()
+    index = chips["class_index"].to_numpy().astype(np.int64)
+    x0, y0 = c + a * cols, f + e * rows
+    return gpd.GeoDataFrame(
+        {
+            "chip_row": rows, "chip_col": cols,
+            "predicted_class": np.asarray(config.class_names)[index],
+            "class_value": (index + 1).astype("uint8"),
+            "score": chips["score"].to_numpy(),
+            "source_item_ids": [",".join(item_ids)] * len(chips),
+        },
+        geometry=box(x0, y0 + e * size, x0 + a * size, y0),
+        crs=scene.crs,
+    )
+
+
+def rgb_preview(scene: Scene, dn, max_pixels: int = 1024) -> np.ndarray | None:
+    """A 2-98 % stretched RGB array for the quicklook, read decimated from the scene store."""
+    wanted = {}
+    for index, band in enumerate(scene.bands):
+        for colour, centre in (("red", 0.66), ("green", 0.56), ("blue", 0.49)):
+            if abs(band.center_wavelength - centre) < 0.04:
+                wanted[colour] = index
+    if len(wanted) < 3:
+        return None
+    step = max(1, int(np.ceil(max(scene.height, scene.width) / max_pixels)))
+    order = [wanted["red"], wanted["green"], wanted["blue"]]
+    sampled = dn.get_orthogonal_selection((order, slice(None, None, step), slice(None, None, step)))
+    rgb = physical_values(sampled, [scene.bands[i] for i in order], scene.encoding).astype("float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nodata band: black
+        lo, hi = np.nanpercentile(rgb, [2, 98], axis=(1, 2), keepdims=True)
+    return np.nan_to_num(np.clip((rgb - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)).transpose(1, 2, 0)
+
+
+def map_accuracy(classmap: Path, checkpoint: Path, class_names: list[str]) -> dict | None:
+    """Score the published class map on the held-out pixels of training that it covers, if there are any.
+
+    The pixels are found by position (their centres on the training grid), so a map of another
+    area, e.g. an AOI mapped with a model fine-tuned on the whole catalog, is scored on the
+    held-out pixels inside it; None when it covers none of them or has another CRS.
+    """
+    holdout_file = Path(checkpoint) / HOLDOUT_FILE
+    if not holdout_file.exists():
+        return None
+    holdout = json.loads(holdout_file.read_text())
+    rows, cols, classes = (np.asarray(holdout[key], dtype=np.int64) for key in ("rows", "cols", "classes"))
+    with rasterio.open(classmap) as src:
+        if not len(rows) or rasterio.crs.CRS.from_user_input(holdout["crs"]) != src.crs:
+            return None
+        xs, ys = rasterio.transform.xy(rasterio.Affine(*holdout["transform"]), rows, cols)
+        rows, cols = (np.asarray(v, dtype=np.int64) for v in rasterio.transform.rowcol(src.transform, xs, ys))
+        inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+        if not inside.any():
+            return None
+        mapped = src.read(1)[rows[inside], cols[inside]].astype(np.int64) - 1
+    return classification_metrics(classes[inside], mapped, class_names)
+
+
+def _assets(config: RegionConfig) -> dict[str, pystac.Asset]:
+    classes = [{"value": i + 1, "name": n} for i, n in enumerate(config.class_names)]
+    return {
+        "classmap": pystac.Asset("classmap.tif", title="Land-cover class map", media_type=pystac.MediaType.COG,
+                                 roles=["data"], extra_fields={"classification:classes": classes}),
+        "probabilities": pystac.Asset("probabilities.tif", title="Class probabilities (one band per class)",
+                                      media_type=pystac.MediaType.COG, roles=["data"]),
+        "chips": pystac.Asset("chips.parquet", title="Chips: footprint, predicted class, score",
+                              media_type="application/vnd.apache.parquet", roles=["data"]),
+        "quicklook": pystac.Asset("quicklook.png", title="Quicklook with legend", media_type=pystac.MediaType.PNG,
+                                  roles=["overview"]),
+        **run_assets("Held-out accuracy and run statistics"),
+    }
+
+
+def _model_fields(config: RegionConfig, checkpoint: Path) -> dict:
+    size, classes = config.chips.size, config.class_names
+    return mlm_fields(
+        checkpoint,
+        architecture="AllSpark multispectral: DOFA wavelength-conditioned stem, Lynx resampler bridge, "
+                     "frozen causal LM with bottleneck adapters, linear per-pixel head",
+        tasks=["semantic-segmentation"],
+        inputs=[{
+            "name": "multispectral chip",
+            "bands": config.bands,
+            "input": {"shape": [-1, len(config.bands), size, size], "dim_order": ["batch", "bands", "height", "width"],
+                      "data_type": "float32"},
+        }],
+        outputs=[{
+            "name": "land cover",
+            "tasks": ["semantic-segmentation"],
+            "result": {"shape": [-1, len(classes), size, size],
+                       "dim_order": ["batch", "channel", "height", "width"], "data_type": "float32"},
+            "classification:classes": [{"value": i + 1, "name": n} for i, n in enumerate(classes)],
+        }],
+    )
+
+
+# -- runs -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def run_lock(config: RegionConfig, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the config's work lock, then its output-folder lock, for a whole run.
+
+    Two runs with the same config share the work folder and two runs of one name publish to the
+    same files: the second waits for the first, then finds its work done. The locks are always
+    taken in this order, so runs cannot deadlock.
+    """
+    with (folder_lock(work_root() / f"{config.name}-{config.fingerprint()}", on_wait),
+          folder_lock(config.publish_dir, on_wait)):
+        yield
+
+
+def published_catalog(config: RegionConfig) -> Path | None:
+    """The STAC catalog of this config's published outputs, or None if they are not (all) there.
+
+    Read from the output catalog itself: its item must carry a run config with the same
+    fingerprint (``allspark:config``) and every asset it links must exist. The catalog is written
+    last, so a run that stopped while publishing has none, or one of an earlier config.
+    """
+    path = config.publish_dir / "catalog.json"
+    if not path.is_file():
+        return None
+    try:
+        items = list(pystac.Catalog.from_file(str(path)).get_items())
+    except (pystac.STACError, OSError, ValueError, KeyError):
+        return None  # unreadable: not published
+    for item in items:
+        try:
+            stored = RegionConfig.model_validate(item.properties.get("allspark:config"))
+        except ValidationError:
+            continue
+        if stored.fingerprint() == config.fingerprint() and all(
+            Path(asset.get_absolute_href()).exists() for asset in item.assets.values()
+        ):
+            return path
+    return None

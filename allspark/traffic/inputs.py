@@ -1,0 +1,192 @@
+"""What turns a stored traffic graph into model inputs, and the baselines and metrics forecasts are scored with.
+
+- **Time.** The files carry no timestamps: step ``i`` is ``start + i * step_minutes``, so with a
+  midnight start the time-of-day slot is the row index mod ``1440 / step_minutes``.
+- **Split.** The series is cut at 70 % and 80 % of its steps (by default); a window (inputs and
+  targets) lies wholly inside one part, so no target of a later part is seen in training.
+- **Missing speeds** (NaN) are filled with the training mean in the model's inputs and left out
+  of the loss (NaN targets) and of every metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from pydantic import BaseModel, ConfigDict
+
+from allspark.errors import CheckpointError
+from allspark.traffic.config import MINUTES_PER_DAY, TrafficConfig, TrafficModelConfig
+
+REPORTED_MINUTES = (15, 30, 60)  # the horizons METR-LA papers report
+
+
+def calendar(steps: int, start: datetime, step_minutes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Time-of-day slot (``step_minutes`` each) and day of week (0 = Monday) of each step from ``start``.
+
+    With a midnight start and 5-minute steps, the slot is the row index mod 288.
+    """
+    minutes = start.hour * 60 + start.minute + np.arange(steps) * step_minutes
+    return (minutes % MINUTES_PER_DAY) // step_minutes, (start.weekday() + minutes // MINUTES_PER_DAY) % 7
+
+
+def split_windows(
+    steps: int, input_steps: int, horizon: int, split: tuple[float, float, float]
+) -> dict[str, np.ndarray]:
+    """First-step indices of the train, validation and test windows (chronological, no straddling)."""
+    cuts = [0, round(steps * split[0]), round(steps * (split[0] + split[1])), steps]
+    span = input_steps + horizon
+    return {name: np.arange(cuts[i], max(cuts[i], cuts[i + 1] - span + 1))
+            for i, name in enumerate(("train", "validation", "test"))}
+
+
+class GraphScaling(BaseModel):
+    """The traffic bundle's preprocessing: fitted on the training part, it turns a graph store into model inputs.
+
+    It also holds the target rule (``predict_change``: the model answers the change from the last
+    observed speed) and the sensors the model is tied to.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    sensor_ids: list[str]
+    signal_mean: float
+    signal_std: float
+    location_centre: tuple[float, float]  # lon, lat
+    location_scale: float
+    use_locations: bool
+    predict_change: bool
+
+    @classmethod
+    def fit(cls, graph: xr.Dataset, train_steps: int, model: TrafficModelConfig) -> GraphScaling:
+        train = graph["speed"].values[:train_steps]
+        lonlat = np.stack([graph["longitude"].values, graph["latitude"].values], axis=1)
+        centre = (lonlat.max(0) + lonlat.min(0)) / 2
+        return cls(
+            sensor_ids=[str(s) for s in graph["sensor"].values],
+            signal_mean=float(np.nanmean(train)),
+            signal_std=float(max(np.nanstd(train), 1e-6)),
+            location_centre=tuple(centre.tolist()),
+            location_scale=float(max(np.abs(lonlat - centre).max(), 1e-6)),
+            use_locations=model.use_locations,
+            predict_change=model.predict_change,
+        )
+
+
+@dataclass
+class GraphWindows:
+    """Model inputs and targets of windows of a graph store (``starts`` = first input step)."""
+
+    speeds: np.ndarray  # (steps, sensors), NaN = missing
+    slot: np.ndarray  # time-of-day slot of each step
+    slots_per_day: int
+    day_of_week: np.ndarray
+    locations: torch.Tensor | None  # (sensors, 2), normalised
+    scaling: GraphScaling
+    input_steps: int
+    horizon: int
+
+    @classmethod
+    def of(cls, graph: xr.Dataset, scaling: GraphScaling, config: TrafficConfig) -> GraphWindows:
+        ids = [str(s) for s in graph["sensor"].values]
+        if ids != scaling.sensor_ids:
+            raise CheckpointError(
+                f"the model was trained on {len(scaling.sensor_ids)} sensors, this graph has {len(ids)} "
+                "(or in another order): a graph model is tied to its sensors"
+            )
+        speeds = graph["speed"].values
+        slot, day_of_week = calendar(len(speeds), config.start, config.step_minutes)
+        locations = None
+        if scaling.use_locations:
+            lonlat = np.stack([graph["longitude"].values, graph["latitude"].values], axis=1)
+            locations = torch.tensor((lonlat - scaling.location_centre) / scaling.location_scale, dtype=torch.float32)
+        return cls(speeds, slot, MINUTES_PER_DAY // config.step_minutes, day_of_week, locations, scaling,
+                   config.input_steps, config.horizon)
+
+    def inputs(self, starts: np.ndarray) -> dict[str, torch.Tensor]:
+        """The graph encoder's inputs: standardised speeds (missing -> the training mean), calendar, places."""
+        steps = starts[:, None] + np.arange(self.input_steps)  # (B, T)
+        signals = (self.speeds[steps] - self.scaling.signal_mean) / self.scaling.signal_std
+        inputs = {
+            "signals": torch.tensor(np.nan_to_num(signals, nan=0.0)[..., None], dtype=torch.float32),
+            "time_of_day": torch.tensor(self.slot[steps] / self.slots_per_day, dtype=torch.float32),
+            "day_of_week": torch.tensor(self.day_of_week[steps], dtype=torch.long),
+        }
+        if self.locations is not None:
+            inputs["locations"] = self.locations
+        return inputs
+
+    def targets(self, starts: np.ndarray) -> np.ndarray:
+        """Observed speeds ``(B, sensors, horizon)``, NaN where missing."""
+        steps = starts[:, None] + self.input_steps + np.arange(self.horizon)
+        return self.speeds[steps].transpose(0, 2, 1)
+
+    def reference(self, starts: np.ndarray) -> np.ndarray:
+        """What the model's answer is added to: the last observed speeds, or zero for absolute speeds."""
+        if self.scaling.predict_change:
+            return last_value_forecast(self, starts)
+        return np.zeros((len(starts), self.speeds.shape[1], self.horizon), "float32")
+
+    def model_targets(self, starts: np.ndarray) -> torch.Tensor:
+        """Training targets in the model's terms (speeds, or changes from the last observed speed)."""
+        return torch.tensor(self.targets(starts) - self.reference(starts))
+
+
+def forecast(model, windows: GraphWindows, starts: np.ndarray, batch_size: int) -> np.ndarray:
+    """Predicted speeds ``(windows, sensors, horizon)`` of ``model`` for windows starting at ``starts``."""
+    parts = [model.predict(windows.inputs(batch)).cpu().numpy() + windows.reference(batch)
+             for batch in (starts[i : i + batch_size] for i in range(0, len(starts), batch_size))]
+    return np.concatenate(parts) if parts else np.empty((0, windows.speeds.shape[1], windows.horizon), "float32")
+
+
+def last_value_forecast(windows: GraphWindows, starts: np.ndarray) -> np.ndarray:
+    """Each sensor's last observed input speed, held for every horizon (training mean if none)."""
+    steps = starts[:, None] + np.arange(windows.input_steps)
+    history = pd.DataFrame(windows.speeds[steps].reshape(-1, windows.speeds.shape[1]))
+    last = history.groupby(np.repeat(np.arange(len(starts)), windows.input_steps)).last().to_numpy()
+    last = np.where(np.isnan(last), windows.scaling.signal_mean, last)
+    return np.repeat(last[:, :, None], windows.horizon, axis=2).astype("float32")
+
+
+def historical_average_forecast(windows: GraphWindows, starts: np.ndarray, train_steps: int) -> np.ndarray:
+    """Mean training speed of each sensor at the target's time-of-day slot (training mean if unseen)."""
+    train = pd.DataFrame(windows.speeds[:train_steps])
+    table = train.groupby(windows.slot[:train_steps]).mean().reindex(range(windows.slots_per_day)).to_numpy()
+    table = np.where(np.isnan(table), windows.scaling.signal_mean, table)
+    steps = starts[:, None] + windows.input_steps + np.arange(windows.horizon)  # (B, H)
+    return table[windows.slot[steps]].transpose(0, 2, 1).astype("float32")
+
+
+def forecast_metrics(predicted: np.ndarray, observed: np.ndarray, step_minutes: int) -> dict:
+    """MAE, RMSE and MAPE (%) at 15, 30 and 60 minutes and over all horizons; missing (NaN or 0) masked.
+
+    ``predicted`` and ``observed`` are ``(..., horizon)``.
+    """
+    def score(p: np.ndarray, o: np.ndarray) -> dict:
+        known = np.isfinite(o) & (o != 0) & np.isfinite(p)
+        error = p[known] - o[known]
+        if not known.any():
+            return {"mae": None, "rmse": None, "mape": None, "n": 0}
+        return {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt((error**2).mean())),
+                "mape": float(np.abs(error / o[known]).mean() * 100), "n": int(known.sum())}
+
+    horizon = observed.shape[-1]
+    result = {f"{m} min": score(predicted[..., m // step_minutes - 1], observed[..., m // step_minutes - 1])
+              for m in REPORTED_MINUTES if m % step_minutes == 0 and m // step_minutes <= horizon}
+    result["all horizons"] = score(predicted, observed)
+    return result
+
+
+def compare_with_baselines(predicted: np.ndarray, windows: GraphWindows, starts: np.ndarray, train_steps: int,
+                 step_minutes: int) -> dict:
+    """Metrics of the model's forecasts and of the two baselines (last value, historical average) on ``starts``."""
+    observed = windows.targets(starts)
+    return {
+        "allspark": forecast_metrics(predicted, observed, step_minutes),
+        "last_value": forecast_metrics(last_value_forecast(windows, starts), observed, step_minutes),
+        "historical_average": forecast_metrics(historical_average_forecast(windows, starts, train_steps), observed,
+                                               step_minutes),
+    }

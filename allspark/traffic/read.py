@@ -1,0 +1,132 @@
+"""Readers of a traffic graph's three files, with schema checks; each takes the paths and values it uses.
+
+Every problem raises :class:`~allspark.errors.InputError` naming the file (and the line and sensor
+where there is one) and what was expected. As in METR-LA, a speed of 0 means "no reading": zeros
+become NaN here and are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from allspark.errors import InputError, NoDataError
+
+
+@dataclass
+class TrafficGraph:
+    """A checked sensor graph: speeds (time, sensor) with NaN for missing, locations, adjacency."""
+
+    sensor_ids: list[str]
+    speeds: np.ndarray  # (steps, sensors) float32, NaN = missing (0 in the file)
+    latitude: np.ndarray
+    longitude: np.ndarray
+    adjacency: np.ndarray  # (sensors, sensors)
+    missing_speeds: int
+    dropped_sensors: list[str]
+
+
+def read_speeds(path: Path) -> tuple[list[str], np.ndarray]:
+    """Sensor ids (header) and speeds (steps, sensors), zeros (missing readings) turned to NaN.
+
+    Raises InputError naming the file, the line and the sensor for a value that is not a number
+    (an empty cell included) or a negative speed, and for duplicate sensor ids.
+    """
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    ids = [column.strip() for column in frame.columns]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(f"{path}: sensor id(s) {', '.join(duplicates)} appear more than once in the header")
+    if frame.empty:
+        raise NoDataError(f"{path}: no rows of speeds under the header")
+    numbers = frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64")
+    for bad, expected in ((~np.isfinite(numbers), "a number"), (numbers < 0, "a speed >= 0")):
+        rows, cols = np.nonzero(bad)
+        if len(rows):
+            raise InputError(
+                f"{path}, line {rows[0] + 2}, sensor {ids[cols[0]]}: expected {expected}, got "
+                f"{frame.iat[rows[0], cols[0]]!r} ({len(rows)} such value(s) in the file)"
+            )
+    return ids, np.where(numbers == 0, np.nan, numbers).astype("float32")
+
+
+def read_adjacency(path: Path, sensor_ids: list[str], speeds_path: Path) -> np.ndarray:
+    """The (sensors, sensors) adjacency, in the order of ``sensor_ids`` (read from ``speeds_path``).
+
+    A CSV holds the matrix alone (rows in the speeds' column order); an .npz holds ``adjacency``
+    and optionally ``sensor_ids`` (then rows are matched by id). Raises InputError naming both
+    files when the matrix does not match the sensors.
+    """
+    ids_in_file = None
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as store:
+                matrix = store["adjacency"].astype("float32")
+                if "sensor_ids" in store:
+                    ids_in_file = [str(i) for i in store["sensor_ids"]]
+        else:
+            matrix = np.loadtxt(path, delimiter=",", dtype="float32", ndmin=2)
+    except (ValueError, KeyError) as err:
+        raise InputError(f"{path}: not a numeric adjacency matrix ({err})") from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise InputError(f"{path}: the adjacency must be square, got {' x '.join(map(str, matrix.shape))}")
+    if len(matrix) != len(sensor_ids):
+        raise InputError(
+            f"the graph has {len(sensor_ids)} sensors ({speeds_path}) but its adjacency is "
+            f"{len(matrix)} x {len(matrix)} ({path}): they must describe the same sensors"
+        )
+    if ids_in_file is not None:
+        missing = [i for i in sensor_ids if i not in ids_in_file]
+        if missing:
+            raise InputError(f"{path}: no adjacency row for sensor(s) {', '.join(missing[:10])} of {speeds_path}")
+        order = [ids_in_file.index(i) for i in sensor_ids]
+        matrix = matrix[np.ix_(order, order)]
+    return matrix
+
+
+def read_locations(path: Path) -> pd.DataFrame:
+    """Sensor locations indexed by sensor id (str), columns latitude and longitude (degrees)."""
+    frame = pd.read_csv(path, dtype={"sensor_id": str})
+    missing = {"sensor_id", "latitude", "longitude"} - set(frame.columns)
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need sensor_id, latitude, "
+                         "longitude)")
+    frame["sensor_id"] = frame["sensor_id"].str.strip()
+    frame = frame.set_index("sensor_id")[["latitude", "longitude"]].apply(pd.to_numeric, errors="coerce")
+    bad = frame.index[~(frame["latitude"].between(-90, 90) & frame["longitude"].between(-180, 180))]
+    if len(bad):
+        raise InputError(f"{path}: sensor {bad[0]} has no valid latitude/longitude ({len(bad)} such row(s))")
+    return frame[~frame.index.duplicated()]
+
+
+def read_graph(
+    speeds: Path, adjacency: Path, locations: Path, missing_location: Literal["error", "drop"] = "error"
+) -> TrafficGraph:
+    """Read and check the three files; a sensor without a location is an error or, with ``drop``, left out."""
+    ids, speed_table = read_speeds(speeds)
+    matrix = read_adjacency(adjacency, ids, speeds)
+    places = read_locations(locations)
+    unplaced = [i for i in ids if i not in places.index]
+    if unplaced and missing_location == "error":
+        raise InputError(
+            f"{len(unplaced)} sensor(s) of {speeds} have no location in {locations}: "
+            f"{', '.join(unplaced[:10])}{' ...' if len(unplaced) > 10 else ''} "
+            "(set missing_location: drop to leave them out)"
+        )
+    keep = np.array([i not in unplaced for i in ids])
+    if not keep.any():
+        raise NoDataError(f"no sensor of {speeds} has a location in {locations}")
+    kept = [i for i in ids if i not in unplaced]
+    return TrafficGraph(
+        sensor_ids=kept,
+        speeds=speed_table[:, keep],
+        missing_speeds=int(np.isnan(speed_table[:, keep]).sum()),
+        latitude=places.loc[kept, "latitude"].to_numpy("float64"),
+        longitude=places.loc[kept, "longitude"].to_numpy("float64"),
+        adjacency=matrix[np.ix_(keep, keep)],
+        dropped_sensors=unplaced,
+    )

@@ -1,0 +1,143 @@
+"""From stored windows to model inputs and targets and back, the constant-velocity baseline, ADE/FDE, the published table.
+
+Targets are future positions relative to the last observed one, minus the constant-velocity
+extrapolation by default (the model learns how people deviate from walking straight on, a strong
+prior on a small training budget); without it the model learns the positions themselves, as TUTR
+does. Which of the two a model learned is its bundle's :class:`TrajectoryPreprocessing`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+import torch
+from pydantic import BaseModel, ConfigDict
+from shapely import LineString, MultiLineString
+
+from allspark.trajectories.read import Windows
+
+
+class TrajectoryPreprocessing(BaseModel):
+    """The target rule a trajectory model is trained with, saved in its bundle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    residual_to_constant_velocity: bool = True
+
+    def targets(self, windows: Windows, index: np.ndarray) -> torch.Tensor:
+        """What the head learns for the windows at ``index``. Rotations commute with it."""
+        future = windows.future[index]
+        if self.residual_to_constant_velocity:
+            future = future - constant_velocity(windows.observed[index], future.shape[1])[:, 0]
+        return torch.from_numpy(np.ascontiguousarray(future, dtype="float32"))
+
+    def positions(self, futures: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """Predicted futures ``(W, K, T, 2)`` as positions relative to the last observed one."""
+        if self.residual_to_constant_velocity:
+            return futures + constant_velocity(observed, futures.shape[2])
+        return futures
+
+
+def model_inputs(windows: Windows, index: np.ndarray | slice) -> dict[str, torch.Tensor]:
+    return {"observed": torch.from_numpy(windows.observed[index]),
+            "neighbours": torch.from_numpy(windows.neighbours[index])}
+
+
+def rotate(inputs: dict[str, torch.Tensor], target: torch.Tensor, generator: torch.Generator):
+    """Rotate each scene about the focal agent's last position by a random angle (NaN stays NaN)."""
+    angle = torch.rand(len(target), generator=generator) * 2 * math.pi
+    cos, sin = angle.cos(), angle.sin()
+    matrix = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+
+    def turn(values: torch.Tensor) -> torch.Tensor:
+        shape = values.shape
+        flat = values.reshape(len(values), -1, 2)
+        return torch.einsum("bij,bnj->bni", matrix, flat).reshape(shape)
+
+    return {name: turn(value) for name, value in inputs.items()}, turn(target)
+
+
+def predict_windows(model, preprocessing: TrajectoryPreprocessing, windows: Windows,
+                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """K futures ``(W, K, T, 2)`` (relative metres, most likely first) and probabilities ``(W, K)``."""
+    futures, probabilities = [], []
+    for start in range(0, len(windows), batch_size):
+        out = model.predict(model_inputs(windows, slice(start, start + batch_size)))
+        futures.append(out["futures"].cpu().numpy())
+        probabilities.append(out["probabilities"].cpu().numpy())
+    return preprocessing.positions(np.concatenate(futures), windows.observed), np.concatenate(probabilities)
+
+
+def constant_velocity(observed: np.ndarray, steps: int) -> np.ndarray:
+    """The last observed step's velocity, held for ``steps`` steps: ``(W, 1, steps, 2)`` relative futures."""
+    velocity = observed[:, -1] - observed[:, -2]
+    return (velocity[:, None] * np.arange(1, steps + 1)[:, None])[:, None]
+
+
+def displacement_errors(futures: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-window errors of K futures ``(W, K, T, 2)`` (most likely first) against ``truth`` ``(W, T, 2)``.
+
+    ``ade``/``fde``: the most likely future's average / final displacement; ``min_ade``/``min_fde``:
+    best-of-K, each minimised over K on its own (as Social-GAN and TUTR report them).
+    """
+    distance = np.linalg.norm(futures - truth[:, None], axis=-1)  # (W, K, T)
+    ade, fde = distance.mean(axis=-1), distance[..., -1]
+    return {"ade": ade[:, 0], "fde": fde[:, 0], "min_ade": ade.min(axis=1), "min_fde": fde.min(axis=1)}
+
+
+def summarise(errors: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean of each per-window error, rounded to 0.1 mm."""
+    return {name: round(float(values.mean()), 4) for name, values in errors.items()}
+
+
+def step_times(frames: np.ndarray, frames_per_step: int, step_seconds: float, origin: str | None) -> list:
+    """Times of frame numbers: date-times after ``origin`` when given, else seconds from frame 0."""
+    seconds = frames / frames_per_step * step_seconds
+    if origin is None:
+        return [list(map(float, row)) for row in np.atleast_2d(seconds)]
+    start = datetime.fromisoformat(origin)
+    return [[start + timedelta(seconds=float(s)) for s in row] for row in np.atleast_2d(seconds)]
+
+
+def prediction_frame(windows: Windows, attrs: dict, futures: np.ndarray, probabilities: np.ndarray,
+                     errors: dict[str, np.ndarray]) -> gpd.GeoDataFrame:
+    """One row per agent and window: observed path (geometry), K futures, times, probabilities, errors.
+
+    ``futures`` is a MultiLineString of the K predicted paths, most likely first (each starts at
+    the last observed position, so it joins the observed path); ``most_likely`` and ``truth`` are
+    LineStrings; ``probabilities`` is in the same order as ``futures``.
+    """
+    obs, fut = windows.observed.shape[1], windows.future.shape[1]
+    now = windows.now[:, None]
+    observed, truth, predicted = windows.observed + now, windows.future + now, futures + now[:, None]
+    rows = []
+    for i in range(len(windows)):
+        file = int(windows.file_index[i])
+        per_step, origin = attrs["frames_per_step"][file], attrs["time_origins"][file]
+        frames = windows.frame[i] + np.arange(-obs + 1, fut + 1) * per_step
+        times = step_times(frames, per_step, attrs["step_seconds"], origin)[0]
+        start = observed[i, -1]
+        rows.append({
+            "agent_id": str(windows.agent[i]),
+            "source_file": Path(attrs["files"][file]).name,
+            "frame_now": int(windows.frame[i]),
+            "time_now": times[obs - 1],
+            "observed_times": times[:obs],
+            "future_times": times[obs:],
+            "probabilities": probabilities[i].tolist(),
+            "top_probability": float(probabilities[i, 0]),
+            **{name: float(values[i]) for name, values in errors.items()},
+            "futures": MultiLineString([np.vstack([start, path]) for path in predicted[i]]),
+            "most_likely": LineString(np.vstack([start, predicted[i, 0]])),
+            "truth": LineString(np.vstack([start, truth[i]])),
+            "geometry": LineString(observed[i]),
+        })
+    crs = pyproj.CRS(attrs["crs"])
+    frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    for column in ("futures", "most_likely", "truth"):
+        frame[column] = gpd.GeoSeries(frame[column], crs=crs)
+    return frame

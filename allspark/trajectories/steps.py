@@ -1,0 +1,210 @@
+"""The trajectories pipeline: ingest track files into windows, fine-tune, predict K futures, publish.
+
+Each step is idempotent on the run's work folder::
+
+    <work>/windows/{predict,train}.zarr       ingest: the windows of each split (one atomic folder)
+    <work>/model/                             train: the model bundle (target rule as its preprocessing)
+    <work>/predictions-<bundle digest>.zarr   predict: K futures and their probabilities per window
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+import zarr
+
+from allspark.core.atomic import atomic_dir
+from allspark.core.bundle import bundle_digest, load_bundle, save_bundle, training_metrics
+from allspark.core.publish import mlm_fields, publish_table
+from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
+from allspark.core.storage import check_writable, total_size
+from allspark.errors import NoDataError
+from allspark.trajectories.config import TrajectoriesConfig
+from allspark.trajectories.inputs import (
+    TrajectoryPreprocessing,
+    constant_velocity,
+    displacement_errors,
+    model_inputs,
+    predict_windows,
+    prediction_frame,
+    rotate,
+    summarise,
+)
+from allspark.trajectories.read import (
+    WINDOW_RULE,
+    Tracks,
+    Windows,
+    build_windows,
+    concat_windows,
+    model_crs,
+    read_eth_ucy,
+    read_table,
+    read_windows,
+    to_model_crs,
+    write_windows,
+)
+
+WINDOWS_STORE = "windows"
+MODEL_DIR = "model"
+
+
+def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
+    """Read, check and window the predict (and train) files into ``<work>/windows/<split>.zarr``.
+
+    Every file is read and checked before anything is written; a complete store is reused.
+    The summary holds the counts of each split (files, tracks, windows, skips).
+    """
+    work_dir = config.work_dir()
+    store = work_dir / WINDOWS_STORE
+    if not store.is_dir():
+        splits = config.split_files()
+        check_writable(config.publish_dir, work_dir,
+                       min_free_bytes=total_size(f for files in splits.values() for f in files))
+        tracks = {split: [_read_tracks(file, config) for file in files] for split, files in splits.items()}
+        crs = model_crs([t for ts in tracks.values() for t in ts], config.crs if config.format == "eth_ucy"
+                        else config.input_crs)
+        windows = {split: _split_windows(split, split_tracks, config, crs) for split, split_tracks in tracks.items()}
+        with atomic_dir(store) as tmp:
+            for split, split_tracks in tracks.items():
+                write_windows(windows[split], tmp / f"{split}.zarr", {
+                    "files": [str(t.file) for t in split_tracks],
+                    "frames_per_step": [t.frames_per_step for t in split_tracks],
+                    "time_origins": [t.time_origin.isoformat() if t.time_origin else None for t in split_tracks],
+                    "step_seconds": config.step_seconds, "crs": crs.to_wkt(),
+                })
+    else:
+        log(f"reusing the windows in {store}")
+    summary = {split.stem: {"files": len(attrs["files"]), **attrs["counts"]}
+               for split, attrs in ((path, dict(zarr.open_group(path, mode="r").attrs))
+                                    for path in sorted(store.glob("*.zarr")))}
+    return Ingested(work_dir=work_dir, store=store, summary=summary)
+
+
+def _read_tracks(file: Path, config: TrajectoriesConfig) -> Tracks:
+    if config.format == "eth_ucy":
+        return read_eth_ucy(file, config.frame_step, config.start_time)
+    return read_table(file, config.step_seconds, **config.columns.model_dump())
+
+
+def _split_windows(split: str, tracks: list[Tracks], config: TrajectoriesConfig, crs: pyproj.CRS) -> Windows:
+    """The windows of one split's files in the model CRS; an error when there are none."""
+    for t in tracks:
+        to_model_crs(t, crs, source_crs=config.input_crs if config.format == "table" else None, origin=config.origin)
+    windows = concat_windows([build_windows(t, config.window_rule, i) for i, t in enumerate(tracks)])
+    if not len(windows):
+        raise NoDataError(f"no {config.observed_steps}+{config.future_steps}-step windows in the {split} files "
+                          f"{[str(t.file) for t in tracks]} ({windows.counts})")
+    return windows
+
+
+def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> Trained:
+    """The config's checkpoint, the bundle already in ``<work>/model``, or a model fine-tuned now.
+
+    Fine-tuning draws ``max_windows`` training windows (seeded), fits the head's target scaling on
+    their targets, and trains with random scene rotations when ``rotate``.
+    """
+    if not config.fine_tunes:
+        return given_checkpoint(config.checkpoint)
+    directory = ingested.work_dir / MODEL_DIR
+    if directory.is_dir():
+        log(f"reusing the model in {directory}")
+        return Trained(checkpoint=directory, metrics=training_metrics(directory))
+    from allspark.model import AllSpark, Trainer, seed_everything
+
+    settings = config.train
+    windows, _ = read_windows(ingested.store / "train.zarr")
+    generator = seed_everything(config.seed)
+    available = len(windows)
+    chosen = np.arange(available)
+    if settings.max_windows and settings.max_windows < available:
+        chosen = np.sort(np.random.default_rng(config.seed).choice(available, settings.max_windows, replace=False))
+    model = AllSpark(config.model.allspark_config(config.future_steps, config.language))
+    preprocessing = TrajectoryPreprocessing(residual_to_constant_velocity=config.model.predict_residual)
+    model.head.scaling.fit(preprocessing.targets(windows, chosen))
+
+    def make_batch(batch):
+        index = chosen[batch.numpy()]
+        inputs, target = model_inputs(windows, index), preprocessing.targets(windows, index)
+        return rotate(inputs, target, generator) if settings.rotate else (inputs, target)
+
+    batches = math.ceil(len(chosen) / settings.batch_size)
+    history = Trainer(model, settings.schedule(), batches).fit(len(chosen), make_batch, settings.batch_size,
+                                                                generator, log)
+    metrics = {"training_windows": len(chosen), "available_windows": int(available),
+               "epochs": settings.epochs, "llm_layers": config.language.layers,
+               "epoch_losses": [epoch["loss"] for epoch in history["epochs"]],
+               "training_seconds": history["seconds"]}
+    return Trained(checkpoint=save_bundle(directory, model, preprocessing, metrics), metrics=metrics)
+
+
+def predict(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, mapper: Mapper = serial_map) -> Predicted:
+    """K futures and probabilities of every predict window into ``<work>/predictions-<bundle digest>.zarr``.
+
+    Reused when present; ``mapper`` is unused (one batch loop in this process).
+    """
+    store = ingested.work_dir / f"predictions-{bundle_digest(trained.checkpoint)}.zarr"
+    if not store.is_dir():
+        bundle = load_bundle(trained.checkpoint, TrajectoryPreprocessing)
+        windows, _ = read_windows(ingested.store / "predict.zarr")
+        futures, probabilities = predict_windows(bundle.model, bundle.preprocessing, windows, config.inference_batch)
+        chunk = min(len(futures), 1024)
+        with atomic_dir(store) as tmp:
+            group = zarr.open_group(tmp, mode="w", zarr_format=3)
+            group.create_array("futures", data=futures.astype("float32"), chunks=(chunk, *futures.shape[1:]))
+            group.create_array("probabilities", data=probabilities.astype("float32"),
+                               chunks=(chunk, probabilities.shape[1]))
+    windows, modes = zarr.open_group(store, mode="r")["futures"].shape[:2]
+    return Predicted(store=store, summary={"windows": windows, "modes": modes})
+
+
+def publish(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, predicted: Predicted) -> Published:
+    """Score the predictions against the truth and constant velocity; publish GeoParquet, metrics and STAC."""
+    windows, attrs = read_windows(ingested.store / "predict.zarr")
+    group = zarr.open_group(predicted.store, mode="r")
+    futures, probabilities = group["futures"][:], group["probabilities"][:]
+    errors = displacement_errors(futures, windows.future)
+    frame = prediction_frame(windows, attrs, futures, probabilities, errors)
+    baseline = summarise(displacement_errors(constant_velocity(windows.observed, config.future_steps),
+                                             windows.future))
+    metrics = {
+        "name": config.name,
+        "windows_published": len(frame),
+        "allspark": summarise(errors),
+        "constant_velocity": {"ade": baseline["ade"], "fde": baseline["fde"]},
+        "modes": int(futures.shape[1]),
+        "counts": dict(ingested.summary),
+        "window_rule": WINDOW_RULE,
+        "fine_tuning": trained.metrics,
+    }
+    model_fields = mlm_fields(
+        trained.checkpoint,
+        architecture="AllSpark trajectory: TUTR-style step and neighbour encoder, Lynx resampler bridge, "
+                     "frozen causal LM with bottleneck adapters, K-future head",
+        tasks=["regression"],
+        inputs=[{"name": "observed path and neighbours",
+                 "input": {"shape": [-1, config.observed_steps, 2], "dim_order": ["batch", "time", "xy"],
+                           "data_type": "float32"}}],
+        outputs=[{"name": "candidate futures", "tasks": ["regression"],
+                  "result": {"shape": [-1, int(futures.shape[1]), config.future_steps, 2],
+                             "dim_order": ["batch", "mode", "time", "xy"], "data_type": "float32"}}],
+    )
+    return publish_table(
+        config, item_id=f"{config.name}-trajectories", frame=frame,
+        title="Observed paths and K predicted futures per agent and window", time_range=_time_range(frame),
+        input_files=[Path(f) for f in attrs["files"]], metrics=metrics, checkpoint=trained.checkpoint,
+        model_fields=model_fields,
+    )
+
+
+def _time_range(frame: gpd.GeoDataFrame) -> tuple[datetime, datetime]:
+    """First observed and last future time; seconds from frame 0 (no date) count from 1970 for STAC."""
+    times = [row[0] for row in frame["observed_times"]] + [row[-1] for row in frame["future_times"]]
+    if isinstance(times[0], datetime):
+        return min(times), max(times)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + timedelta(seconds=min(times)), epoch + timedelta(seconds=max(times))
