@@ -20,7 +20,7 @@ from bench.common import RESULTS
 from bench.report import render
 
 # In the order they run; the quick suite is the first part of the full one.
-QUICK = ["ingest", "inference", "memory", "scaling", "landcover"]
+QUICK = ["ingest", "inference", "memory", "scaling", "overhead", "landcover"]
 FULL = [*QUICK, "modalities", "eth", "prsa", "losloop", "ablation"]
 
 

@@ -4,8 +4,8 @@ On each accuracy benchmark (land cover, ETH, PRSA, Los-loop), four variants of A
 same data, the same budget and the same seeds:
 
 - (a) **no LM**: encoder + bridge + head; the bridge's queries go straight to the head
-  (``use_language_model: false``; no adapters either, there is nothing to adapt);
-- (b) **frozen LM, no adapters** (``adapter_every: 0``);
+  (``language: {enabled: false}``; no adapters either, there is nothing to adapt);
+- (b) **frozen LM, no adapters** (``language: {adapter_every: 0}``);
 - (c) **LM + adapters**: AllSpark as it ships (an adapter after every 2nd LM layer);
 - (d) **irrelevant prompt**: (c) with the modality's prompts replaced by one that has nothing to
   do with the task (:data:`IRRELEVANT_PROMPT`). An empty prompt is not run: the configs require

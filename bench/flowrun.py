@@ -1,14 +1,17 @@
-"""Run the region flow on the benchmark mosaic in a fresh process and sample its memory (memory, scaling).
+"""Run the region flow on the benchmark mosaic in a fresh process and sample its memory (memory, scaling, overhead).
 
 - :func:`checkpoint`: a small model fine-tuned briefly on the demo catalog, made once and kept in
-  its config's work folder, so measured runs never fine-tune.
-- :func:`mosaic_config`: a region config over ``size`` times the demo area of the mosaic.
+  its config's work folder (the region steps reuse a complete one), so measured runs never fine-tune.
+- :func:`mosaic_config`: a region config over ``size`` times the demo area of the mosaic, with
+  the checkpoint and ``train: null``.
 - :func:`prefect_server`: one Prefect server on 127.0.0.1 for all runs of a benchmark (as
   ``make serve`` runs one). Without it, every flow process and every Dask worker process
   starts a temporary server of its own (10-20 s each on 2 cores, and hundreds of MB).
 - :func:`run_measured`: ``python -m bench.flowrun <config>`` in a subprocess whose process tree
   (and any extra processes, e.g. the workers of a cluster the benchmark started) is sampled
-  with psutil every 0.1 s: peak resident memory in total, per process kind and per worker.
+  with psutil every 0.1 s: peak resident memory in total, per process kind and per worker. The
+  measured process reports the flow's wall time, each step's span (from its task runs), what the
+  run predicted and the bytes of its work stores and published files.
 """
 
 from __future__ import annotations
@@ -29,38 +32,45 @@ from pathlib import Path
 
 import psutil
 
-from allspark.config import RegionConfig
+from allspark.region.config import RegionConfig
+from allspark.settings import work_root
 from bench.mosaic import CONFIG, window_aoi, year_range
 from flows.serve import HOST, PREFECT, START_TIMEOUT, api_url, server_healthy
 
 DEMO_ROWS, DEMO_COLS = 443, 489
 SAMPLE_SECONDS = 0.1
-SMALL_MODEL = {"num_classes": 7, "stem_dim": 32, "num_queries": 4, "bridge_depth": 1}
+SMALL_MODEL = {"stem_dim": 32, "num_queries": 4, "bridge_depth": 1}
 """A narrow stem and bridge: inference of 16x the demo area takes minutes, not an hour, on 2 cores."""
 SETTINGS = {  # of the memory and scaling runs: the region model (what is not named is the demo's) and the chips
-    "quick": {"model": {**SMALL_MODEL, "llm_layers": 1}, "chips": {"size": 16, "overlap": 0, "batch": 64}},
-    "full": {"model": {**SMALL_MODEL, "llm_layers": 2}, "chips": {"size": 16, "overlap": 8, "batch": 64}},
+    "quick": {"model": SMALL_MODEL, "language": {"layers": 1},
+              "chips": {"size": 16, "overlap": 0, "block": 256}, "inference_batch": 64},
+    "full": {"model": SMALL_MODEL, "language": {"layers": 2},
+             "chips": {"size": 16, "overlap": 8, "block": 256}, "inference_batch": 64},
 }
 TRAIN = {"epochs": 1, "batch_size": 32, "max_train_pixels": 512}
 """The checkpoint's fine-tuning: just enough to make a real checkpoint; its accuracy is not the point."""
 KINDS = ("flow", "dask worker", "other")
+STEPS = ("ingest", "train", "predict", "publish")
+"""The region flow's steps, by the name of their task runs (``predict`` gathers the ``predict-block`` runs)."""
 
 
-def checkpoint(model: dict) -> Path:
-    """A checkpoint of ``model`` fine-tuned briefly on the demo catalog, made once and kept in its work folder."""
-    from allspark.region import plan_region, train_region
+def checkpoint(model: dict, language: dict | None = None, log=lambda *_: None) -> Path:
+    """A model bundle of ``model`` (and ``language``) fine-tuned briefly on the demo catalog.
 
-    config = RegionConfig(name="bench-checkpoint", model=model, train=TRAIN)
-    path = config.work_dir() / "checkpoint"
-    if not path.exists():
-        train_region(config, plan_region(config), log=lambda *_: None)
-    return path
+    Made once: the region steps keep the scene and the bundle in the config's work folder and
+    reuse them when complete.
+    """
+    from allspark.region import steps
+
+    config = RegionConfig(name="bench-checkpoint", model=model, language=language or {}, train=TRAIN)
+    ingested = steps.ingest(config, log=log)
+    return steps.train(config, ingested, log=log).checkpoint
 
 
 def mosaic_config(size: float, ckpt: Path, output_dir: Path, **changes) -> RegionConfig:
     """A region config over ``size`` times the demo area: the top-left window of the mosaic's first item.
 
-    The name is unique per call, so neither Prefect's task cache nor an earlier work folder is reused.
+    The name is unique per call, so no earlier work folder is reused (every run does all its work).
     """
     scale = math.sqrt(size)
     settings = {
@@ -73,6 +83,11 @@ def mosaic_config(size: float, ckpt: Path, output_dir: Path, **changes) -> Regio
         "output_dir": str(output_dir),
     }
     return RegionConfig(**(settings | changes))
+
+
+def work_folders(config: RegionConfig) -> list[Path]:
+    """The work folders of ``config``'s run (``<name>-<key>``; the names of :func:`mosaic_config` are unique)."""
+    return sorted(work_root().glob(f"{config.name}-*"))
 
 
 @contextlib.contextmanager
@@ -178,17 +193,26 @@ def run_measured(config: RegionConfig, work: Path, workers: list[psutil.Process]
                                + log.read_text()[-3000:])
         return {**json.loads(lines[-1][len("RESULT "):]), **sampled}
     finally:
-        shutil.rmtree(config.work_dir(), ignore_errors=True)
-        shutil.rmtree(config.region_dir, ignore_errors=True)
+        for folder in work_folders(config):
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(config.publish_dir, ignore_errors=True)
 
 
 def mib(value: float) -> float:
     return value / 2**20
 
 
-def step_times(flow_run_id) -> tuple[dict[str, float], dict[str, int]]:
-    """Seconds per step of a flow run (first start to last end of its task runs: plan, tile, predict,
-    publish) and the number of task runs per step, read from the server."""
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (or of the file itself)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def step_spans(flow_run_id, origin: float) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Each step's span of a flow run, ``[first start, last end]`` in seconds after ``origin`` (epoch
+    seconds), from its task runs on the server, and the number of task runs per step."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -200,33 +224,53 @@ def step_times(flow_run_id) -> tuple[dict[str, float], dict[str, int]]:
             runs += batch
             if len(batch) < page:
                 break
-    spans: dict[str, list] = {}
+    times: dict[str, list[float]] = {}
+    counts: Counter = Counter()
     for run in runs:
         if run.start_time and run.end_time:
-            spans.setdefault(run.name.rsplit("-", 1)[0], []).extend([run.start_time, run.end_time])
-    seconds = {step: round((max(times) - min(times)).total_seconds(), 1) for step, times in spans.items()}
-    return seconds, {step: len(times) // 2 for step, times in spans.items()}
+            step = run.name.rsplit("-", 1)[0]  # task run names are "<task name>-<suffix>"
+            step = "predict" if step == "predict-block" else step
+            times.setdefault(step, []).extend([run.start_time.timestamp() - origin, run.end_time.timestamp() - origin])
+            counts[step] += 1
+    return {step: [round(min(t), 2), round(max(t), 2)] for step, t in times.items()}, dict(counts)
 
 
 def main(config_json: str) -> None:
-    """In the measured process: run the region flow once; print its pixels, chips and times as one JSON line."""
+    """In the measured process: run the region flow once; print what it did, its times and sizes as one JSON line.
+
+    Times: ``process_start_seconds`` from the process's start to the flow call (interpreter and
+    imports); ``flow_seconds`` from the flow call to its return; ``step_spans`` per step, in
+    seconds after the flow call; ``steps_seconds`` each step's span length.
+    """
     import rasterio
 
     from flows.region import region_flow, task_runner
 
     config = RegionConfig.model_validate_json(config_json)
-    started = time.perf_counter()
+    called = time.time()
     state = region_flow.with_options(task_runner=task_runner(config))(config, return_state=True)
-    outputs = state.result()
-    seconds = time.perf_counter() - started
-    with rasterio.open(outputs["classmap"]) as classmap:
+    published = state.result()
+    returned = time.time()
+    with rasterio.open(published.paths["classmap"]) as classmap:
         height, width = classmap.height, classmap.width
-    chips = outputs["metrics_summary"]["chips"]
-    steps, task_runs = step_times(state.state_details.flow_run_id)
-    print("RESULT " + json.dumps({"flow_seconds": seconds, "steps_seconds": steps, "task_runs": task_runs,
-                                  "height": height, "width": width, "chips": chips["chips"],
-                                  "valid_chips": chips["valid_chips"]}))
+        transform = list(classmap.transform)[:6]
+    inference = published.metrics["inference"]
+    spans, task_runs = step_spans(state.state_details.flow_run_id, called)
+    (work,) = work_folders(config)
+    print("RESULT " + json.dumps({
+        "process_start_seconds": round(called - psutil.Process().create_time(), 2),
+        "flow_seconds": returned - called,
+        "step_spans": spans, "steps_seconds": {step: round(b - a, 2) for step, (a, b) in spans.items()},
+        "task_runs": task_runs, "height": height, "width": width, "transform": transform,
+        "chips": inference["chips_predicted"], "blocks": inference["blocks"],
+        "store_bytes": {p.name: folder_bytes(p) for p in sorted(work.glob("*.zarr"))},
+        "published_bytes": {name: folder_bytes(path) for name, path in published.paths.items() if Path(path).exists()},
+    }))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the region flow once for a config (what run_measured starts).")
+    parser.add_argument("config_json", help="the RegionConfig as JSON (RegionConfig.model_dump_json())")
+    main(parser.parse_args().config_json)

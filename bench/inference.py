@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from allspark.config import RegionConfig
-from allspark.finetune import Normalizer
 from allspark.model import AllSpark
-from allspark.region import open_raster, plan_region
+from allspark.raster.load import load_stack, physical_values
+from allspark.region import steps
+from allspark.region.config import RegionConfig
+from allspark.region.inputs import Normalizer
 from bench.common import best_rate, environment, write_results
 
 BATCH = 32
@@ -39,20 +40,22 @@ PEAK_BF16_TFLOPS = {  # dense (no sparsity), from the vendors' data sheets
 
 def demo_chips(config: RegionConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` normalised 16x16 chips from the middle of the demo scene, and their wavelengths."""
-    raster = open_raster(config, plan_region(config))
-    image = raster.isel(y=slice(150, 150 + 16 * 4), x=slice(150, 150 + 16 * 8)).values
+    plan = steps.plan(config)
+    raster = load_stack(plan.pystac_items(), plan.bands, plan.encoding, bbox_4326=plan.aoi_bbox)
+    dn = raster.isel(y=slice(150, 150 + 16 * 4), x=slice(150, 150 + 16 * 8)).values
+    image = physical_values(dn, plan.bands, plan.encoding)
     chips = np.stack([image[:, r : r + 16, c : c + 16] for r in range(0, 64, 16) for c in range(0, 128, 16)])
     chips = np.concatenate([chips] * (n // len(chips) + 1))[:n]
     pixels = image.reshape(image.shape[0], -1)
     inputs, _ = Normalizer.fit(config.bands, pixels).apply(chips)
-    return inputs, torch.tensor(raster["wavelength"].values, dtype=torch.float32)
+    return inputs, torch.tensor([b.center_wavelength for b in plan.bands], dtype=torch.float32)
 
 
 def region_model(depth: int, cached: bool, device: str) -> AllSpark:
     """The region flow's model (demo config) with ``depth`` LM layers, in eval mode."""
     region = RegionConfig()
-    config = region.model.model_copy(update={"llm_layers": depth, "use_prefix_cache": cached})
-    return AllSpark(config.allspark_config(region.class_names), device=device).eval()
+    language = region.language.model_copy(update={"layers": depth, "use_prefix_cache": cached})
+    return AllSpark(region.model.allspark_config(region.class_names, language), device=device).eval()
 
 
 def forward_flops(model: AllSpark, batch: dict) -> int:

@@ -1,6 +1,7 @@
 """Land cover on the demo's Landsat 7 labelled pixels: AllSpark's region fine-tuning against random forests.
 
-The region flow's own steps (:func:`allspark.region.labelled_raster`, :func:`allspark.finetune.fine_tune`)
+The region pipeline's own steps (the ingest :func:`allspark.region.steps.ingest`, the labels on the scene's
+grid :func:`allspark.region.read.read_labels`, :func:`allspark.region.inputs.fine_tune`)
 on the demo catalog (Landsat 7 ETM+, North Carolina, 6 bands, 7 classes). One fixed split, the
 demo's: whole labelled polygons (connected same-class pixels) held out, 30 % stratified by class
 with StratifiedGroupKFold, split seed 0, so no held-out pixel has a training pixel from its own
@@ -30,16 +31,19 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 
-from allspark.config import RegionConfig, RegionModelConfig
-from allspark.finetune import (
+from allspark.core.config import LanguageModelSettings
+from allspark.model import AllSpark, seed_everything
+from allspark.raster.scene import open_scene, read_values
+from allspark.region import steps
+from allspark.region.config import RegionConfig
+from allspark.region.inputs import (
     LabelledPixels,
     centred_windows,
     classification_metrics,
     fine_tune,
     training_split,
 )
-from allspark.model import AllSpark, seed_everything
-from allspark.region import labelled_raster, plan_region
+from allspark.region.read import find_label_item, label_href, load_plan, read_labels
 from bench.common import environment, write_results
 
 SPLIT_SEED = 0  # the demo's split: every run and seed is scored on the same held-out polygons
@@ -69,19 +73,22 @@ class LandCover:
 
 
 def prepare(llm_layers: int | None, epochs: int, max_train_pixels: int | None, chip_size: int) -> LandCover:
-    """Read the demo catalog's labelled raster once and fix the split (what every run shares)."""
+    """Read the demo scene around its labels once (as the train step does) and fix the split (what every run shares)."""
     config = RegionConfig(
         name="bench-landcover",
         chips={"size": chip_size, "overlap": chip_size // 2},
-        model={**RegionConfig().model.model_dump(), "llm_layers": llm_layers},
+        language={"layers": llm_layers},
         train={"epochs": epochs, "max_train_pixels": max_train_pixels, "holdout": "regions"},
         seed=SPLIT_SEED,
     )
-    plan = plan_region(config)
-    raster, labels, _ = labelled_raster(config, plan)
-    image = raster.values
+    ingested = steps.ingest(config, log=lambda line: None)
+    plan = load_plan(ingested.work_dir)
+    scene, dn = open_scene(ingested.store)
+    label_item = find_label_item(plan.catalog, plan.pystac_items(), config.train.label_item)
+    window, labels = read_labels(label_href(label_item), scene, margin=config.chips.size)
+    image = read_values(scene, dn, window)
     train, holdout, dropped = training_split(labels, image, len(config.class_names), config.train, SPLIT_SEED)
-    return LandCover(config, image, labels, [b.center_wavelength for b in plan.bands], train, holdout, dropped)
+    return LandCover(config, image, labels, [b.center_wavelength for b in scene.bands], train, holdout, dropped)
 
 
 def summary(metrics: dict) -> dict:
@@ -91,12 +98,13 @@ def summary(metrics: dict) -> dict:
             "macro_f1": float(np.mean(measured)), "f1": metrics["f1"]}
 
 
-def run_allspark(data: LandCover, seed: int, model: dict | None = None) -> dict:
-    """Fine-tune a fresh model (seeded weights and data order) with ``model`` overrides; held-out scores."""
+def run_allspark(data: LandCover, seed: int, language: dict | None = None) -> dict:
+    """Fine-tune a fresh model (seeded weights and data order) with ``language`` block overrides
+    (e.g. ``{"enabled": False}``, ``{"adapter_every": 0}``, ``{"prompt": ...}``); held-out scores."""
     config = data.config
-    model_config = RegionModelConfig.model_validate({**config.model.model_dump(), **(model or {})})
+    settings = LanguageModelSettings.model_validate({**config.language.model_dump(), **(language or {})})
     seed_everything(seed)
-    network = AllSpark(model_config.allspark_config(config.class_names))
+    network = AllSpark(config.model.allspark_config(config.class_names, settings))
     _, metrics, _ = fine_tune(
         network, data.image, data.labels, config.bands, data.wavelengths, config.class_names, config.chips.size,
         config.train, seed=seed, split_seed=SPLIT_SEED, log=lambda line: None,
@@ -165,7 +173,7 @@ def main() -> None:
         "title": "Land cover, Landsat 7 NC demo pixels: AllSpark vs random forests, whole polygons held out",
         **environment(),
         "settings": {
-            "quick": args.quick, "llm_layers": depth, "adapters": f"every {config.model.adapter_every} layers",
+            "quick": args.quick, "llm_layers": depth, "adapters": f"every {config.language.adapter_every} layers",
             "epochs": config.train.epochs, "learning_rate": config.train.learning_rate,
             "chip_size": config.chips.size, **counts, "seed": args.seed, "split_seed": SPLIT_SEED,
             "random_forest_trees": RF_TREES, "bands": config.bands,

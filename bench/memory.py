@@ -1,7 +1,8 @@
 """Peak memory of the whole region flow as the area grows: 1x, 4x and 16x the demo area.
 
-Each size is one run of the Prefect region flow (``flows.region.run_region``: plan, tile, infer
-on a local Dask cluster of 2 worker processes, publish) over the top-left window of the
+Each size is one run of the Prefect region flow (``flows.region.run_region``: ingest the scene
+into Zarr once, predict it block by block on a local Dask cluster of 2 worker processes, publish)
+over the top-left window of the
 benchmark mosaic (:mod:`bench.mosaic`), in a fresh process whose process tree (the flow process
 and its Dask workers) is sampled with psutil every 0.1 s (:mod:`bench.flowrun`); the peak of
 the summed resident memory (RSS) is reported in total and per process kind. The runs report to
@@ -9,7 +10,8 @@ one Prefect server started by the benchmark (not measured), as under ``make serv
 checkpoint made once (a short fine-tune on the demo catalog) replaces fine-tuning, so every size
 runs the same model; a small model (few LM layers) keeps the 16x run to minutes on 2 cores.
 The goal: the peak at 16x is at most 1.25x the peak at 1x, which needs every step to stream
-(loader -> Zarr chips -> model -> COG windows) instead of holding the area.
+(loader -> scene store in blocks -> chips cut per block -> probability store -> COG windows)
+instead of holding the area.
 
     python -m bench.memory [--quick] [--sizes 1 4 16]
 """
@@ -21,7 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from allspark.config import RegionConfig
+from allspark.region.config import RegionConfig
 from bench.common import environment, write_results
 from bench.flowrun import (
     DEMO_COLS,
@@ -49,7 +51,7 @@ def main() -> None:
     setting = SETTINGS["quick" if args.quick else "full"]
     load = os.getloadavg()  # 1, 5, 15 min: above the core count, other jobs shared the machine
     build_mosaic()
-    ckpt = checkpoint(setting["model"])
+    ckpt = checkpoint(setting["model"], setting["language"])
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, prefect_server(Path(tmp) / "server.log"):
         work = Path(tmp)
         rows = [{"size": size, **run_measured(mosaic_config(size, ckpt, work / "outputs", **setting), work)}
@@ -68,17 +70,18 @@ def main() -> None:
         f"({mib(last['peak_total_bytes']):.0f} against {mib(base['peak_total_bytes']):.0f} MiB); the goal is at "
         f"most {GOAL}x: " + ("met." if growth <= GOAL else f"missed by {growth - GOAL:.2f}x."),
         (f"Where it grows: the flow process by {flow_growth:.0f} MiB, each Dask worker by {worker_growth:.0f} MiB "
-         f"over {extra_runs:.0f} more inference task runs per worker (~{1024 * worker_growth / max(extra_runs, 1):.0f} "
-         "KiB per task run). Inference itself streams: a loop over the same chunks in one process (no Prefect, no "
-         "Dask) stays flat, so the workers' growth is what Prefect and Dask keep per task run. Fewer, larger "
-         "inference tasks (several 64-chip chunks each) would shrink it and the per-task overhead (~0.1-0.3 s)."),
+         f"over {extra_runs:.0f} more inference task runs (blocks) per worker "
+         f"(~{1024 * worker_growth / max(extra_runs, 1):.0f} KiB per task run). Each inference task holds one "
+         "block of the scene plus its halo, its chips and their probabilities, whatever the area."),
         ("RSS counts shared library pages once per process (torch and the LM are loaded in the flow process and "
          "in each worker), so the totals overstate the machine's use; the growth is what matters."),
-        ("What streams: chips are cut and written in ~32 MB blocks, each inference task reads its 64-chip chunk, "
-         "the COGs are stitched in 256 x 512 px windows, the quicklook is read decimated, and the flow process "
-         "hands freed heap memory back to the OS after tiling and stitching. What still grows with the area is "
-         "small (the chip index, one GeoParquet row per chip) or grows with the width only (a row of source "
-         "chunks while chipping), and GDAL's overview building for the COGs."),
+        (f"What streams: the scene is written once to Zarr in {setting['chips']['block']} px blocks (digital "
+         "numbers in the storage dtype), each inference task reads one block plus a halo and cuts its chips in "
+         "memory, the probabilities go to a Zarr store in the same blocks, the COGs are written from it in "
+         "windows, the quicklook is read decimated, and the flow process hands freed heap memory back to the "
+         "OS after the ingest and the COGs. What still grows with the area is small (the list of blocks, one "
+         "GeoParquet row per chip) or grows with the width only (a row of source chunks while loading), and "
+         "GDAL's overview building for the COGs."),
     ]
     result = {
         "benchmark": "memory",
@@ -86,7 +89,8 @@ def main() -> None:
         **environment(),
         "settings": {
             "sizes": args.sizes, "demo_area_px": [DEMO_ROWS, DEMO_COLS], "catalog": "bench mosaic, 2000 item",
-            **setting, "checkpoint": f"fine-tuned on the demo catalog: {TRAIN}", "n_workers": RegionConfig().n_workers,
+            **setting, "checkpoint": f"fine-tuned on the demo catalog: {TRAIN}",
+            "n_workers": RegionConfig.model_fields["n_workers"].default,
             "sample_seconds": SAMPLE_SECONDS, "prefect": "one server started by the benchmark, not measured",
             "quick": args.quick, "load_average_before": load,
         },
@@ -96,7 +100,7 @@ def main() -> None:
         "notes": notes,
     }
     table = [
-        ("| area | pixels | chips | inference tasks | wall s | inference s | peak RSS, all (MiB) | flow process "
+        ("| area | pixels | chips predicted | inference tasks (blocks) | wall s | inference s | peak RSS, all (MiB) | flow process "
          "| Dask workers (sum) | largest worker | vs 1x |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(f"| {r['size']}x | {r['height']} x {r['width']} | {r['chips']} | {r['task_runs']['predict']} | "

@@ -7,7 +7,7 @@ memory grow, so each demo band is mirrored (numpy's ``symmetric`` padding, seaml
 rio-cogeo. One item per year 2000-2003, each mirrored from a differently flipped demo scene, so
 the time stack holds four different images. The top-left 489 x 443 px of the 2000 item are the
 demo scene itself. Items carry ``eo:bands``, ``raster:bands`` and projection fields exactly as
-the demo catalog does (its helpers write them), so :mod:`allspark.stac` reads them unchanged;
+the demo catalog does (its helpers write them), so :mod:`allspark.raster.catalog` reads them unchanged;
 ``bench/mosaic.yaml`` is the catalog config. About 0.4 GB under
 ``<cache>/bench/mosaic/``; never in the repository.
 
@@ -42,8 +42,8 @@ from allspark.demo_data import (
     build_static_catalog,
     footprint,
 )
-from allspark.paths import cache_dir
-from allspark.stac import load_catalog_config, search_items
+from allspark.settings import cache_dir
+from allspark.raster.catalog import load_catalog_config, search_items
 
 CONFIG = Path(__file__).resolve().with_name("mosaic.yaml")
 COLLECTION = "bench-mosaic"

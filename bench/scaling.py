@@ -6,8 +6,9 @@ thread per worker process) and runs the region flow in a fresh process against i
 setting) with a checkpoint (no fine-tuning) and a small model; the runs report to one Prefect server started
 by the benchmark. Reported: wall time of the flow process, time per step (from the task runs),
 and the peak resident memory of each worker (sampled with psutil every 0.1 s) and of the flow
-process. Only inference runs on the workers; planning, tiling and publishing run in the flow
-process, so they do not scale with workers.
+process. Only inference (one task per block of the scene store) runs on the workers; the ingest
+(search, load, one scene write to Zarr) and publishing run in the flow process, so they do not
+scale with workers.
 
     python -m bench.scaling [--quick] [--size 4] [--workers 1 2]
 """
@@ -59,7 +60,7 @@ def main() -> None:
     setting = SETTINGS["quick" if args.quick else "full"]
     size = args.size or (1 if args.quick else 4)
     build_mosaic()
-    ckpt = checkpoint(setting["model"])
+    ckpt = checkpoint(setting["model"], setting["language"])
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp, prefect_server(Path(tmp) / "server.log"):
         rows = [run_on_cluster(n, size, setting, ckpt, Path(tmp)) for n in args.workers]
@@ -74,9 +75,11 @@ def main() -> None:
         (f"This machine has {os.cpu_count()} cores (load average {load[0]:.1f} before the runs, "
          f"{os.getloadavg()[0]:.1f} after; above {os.cpu_count()} other jobs competed for them). Each worker runs torch on one thread (Dask's "
          "nanny sets OMP_NUM_THREADS=1), so one worker uses one core and a second can use the other when the "
-         "machine is otherwise idle. Only inference runs on the workers: planning, tiling and publishing (in "
+         "machine is otherwise idle. Only inference runs on the workers: the ingest and publishing (in "
          "the flow process) and process start-up do not scale with them."),
-        "Worker memory: each worker loads the model (and the LM) once; its peak is that plus one 64-chip batch.",
+        ("Worker memory: each worker loads the model (and the LM) once; its peak is that plus one block of the "
+         f"scene with its halo, its chips and their probabilities ({setting['chips']['block']} px blocks, "
+         f"batches of {setting['inference_batch']} chips)."),
     ]
     result = {
         "benchmark": "scaling",
@@ -93,11 +96,11 @@ def main() -> None:
         "notes": notes,
     }
     table = [
-        ("| workers | chips | wall s (flow process) | plan + tile s | predict s | publish s | speed-up | "
+        ("| workers | chips predicted | wall s (flow process) | ingest s | predict s | publish s | speed-up | "
          "peak per worker (MiB) | worker idle (MiB) | flow process peak (MiB) |"),
         "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
         *(f"| {r['workers']} | {r['chips']} | {r['wall_seconds']:.0f} | "
-          f"{r['steps_seconds'].get('plan', 0) + r['steps_seconds'].get('tile', 0):.1f} | "
+          f"{r['steps_seconds'].get('ingest', 0):.1f} | "
           f"{r['steps_seconds']['predict']:.1f} | {r['steps_seconds'].get('publish', 0):.1f} | {r['speedup']:.2f}x | "
           f"{', '.join(f'{mib(b):.0f}' for b in r['peak_per_worker_bytes'])} | "
           f"{', '.join(f'{mib(b):.0f}' for b in r['idle_worker_bytes'])} | "

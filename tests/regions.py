@@ -10,9 +10,9 @@ import rasterio
 import yaml
 from rasterio.windows import Window
 
-from allspark.config import RegionConfig
 from allspark.demo_data import build_demo_catalog
-from allspark.stac import catalogs_dir
+from allspark.region.config import RegionConfig
+from allspark.settings import catalogs_dir
 
 # 96 x 96 pixels holding 412 labelled pixels of 4 classes
 CROP = Window(col_off=240, row_off=288, width=96, height=96)
@@ -56,15 +56,45 @@ def small_catalog(source: Path, work: Path, blank: bool = False) -> Path:
 
 
 def quick_config(catalog: Path, output_dir: Path, **changes) -> RegionConfig:
-    """A region config small enough for tests: 1 LM layer, 8-pixel chips, 2 short epochs."""
+    """A region config small enough for tests: 1 LM layer, 8-pixel chips in 48-pixel blocks, 2 short epochs."""
     base = {
         "name": "test-region",
         "catalog": str(catalog),
-        "chips": {"size": 8, "overlap": 4, "batch": 64},
-        "model": {"num_classes": 7, "llm_layers": 1, "num_queries": 4, "stem_dim": 32, "bridge_depth": 1},
+        "chips": {"size": 8, "overlap": 4, "block": 48},
+        "inference_batch": 64,
+        "model": {"num_queries": 4, "stem_dim": 32, "bridge_depth": 1},
+        "language": {"layers": 1},
         "train": {"epochs": 2, "batch_size": 32, "max_train_pixels": 96, "learning_rate": 3e-3},
         "output_dir": str(output_dir),
         "n_workers": 2,
     }
     base.update(changes)
     return RegionConfig.model_validate(base)
+
+
+# A uint16 copy of the demo bands: DN = value * 10 + 5 (0 = nodata), read back as DN * 0.1 - 0.5.
+UINT16_SCALE, UINT16_OFFSET = 0.1, -0.5
+
+
+def uint16_catalog(source: Path, work: Path, window: Window = CROP) -> Path:
+    """A cropped demo catalog whose bands are uint16 COGs sharing nodata 0, with scale and offset.
+
+    The top-left 8 x 8 pixels have no data in any band and band B7 has none in rows 40..43, so
+    nodata travels through every band. Returns the catalog config YAML; the physical values of
+    the bands are those of :func:`crop_source`'s crop (NaN for nodata).
+    """
+    cropped = crop_source(source, work / "source", window)
+    for path in sorted(cropped.glob("lsat7_*.tif")):
+        with rasterio.open(path) as src:
+            values = src.read(1, masked=True).astype("float64").filled(np.nan)
+            profile = src.profile
+        dn = np.where(np.isnan(values), 0, np.round(values * 10 + 5)).astype("uint16")
+        dn[:8, :8] = 0
+        if path.name == "lsat7_2000_70.tif":
+            dn[40:44] = 0
+        with rasterio.open(path, "w", **(profile | {"dtype": "uint16", "nodata": 0})) as dst:
+            dst.write(dn, 1)
+    catalog_json = build_demo_catalog(root=work / "catalog", source_dir=cropped)
+    bands = yaml.safe_load((catalogs_dir() / "demo.yaml").read_text())["bands"]
+    bands = [band | {"scale": UINT16_SCALE, "offset": UINT16_OFFSET, "nodata": 0} for band in bands]
+    return catalog_yaml(catalog_json, work / "catalog.yaml", bands=bands)

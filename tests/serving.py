@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
-import numpy as np
 import psutil
 import pystac
 import pytest
 import rasterio
 import safetensors
+import yaml
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box, mapping
 
-from allspark.chips import open_chips
+from allspark.raster.windows import starts
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -130,7 +130,8 @@ def aoi_file(catalog_dir: Path, name: str, dest: Path) -> Path:
 
 def assert_published(region_dir: Path) -> dict:
     """The outputs are complete and valid: STAC links resolve, the COGs validate, one GeoParquet row per
-    chip with data (counted in the run's chip store), no temporary left. Returns metrics.json."""
+    chip with data (the chips of the scene's layout over a pixel the class map has), no temporary left.
+    Returns metrics.json."""
     catalog = pystac.Catalog.from_file(str(region_dir / "catalog.json"))
     (item,) = catalog.get_items(recursive=True)
     for key, asset in item.assets.items():
@@ -142,10 +143,21 @@ def assert_published(region_dir: Path) -> dict:
         assert valid, f"{key} is not a valid COG: {errors}"
     metrics = json.loads(Path(item.assets["metrics"].get_absolute_href()).read_text())
     chips = gpd.read_parquet(item.assets["chips"].get_absolute_href())
-    with_data = int(np.sum(open_chips(Path(metrics["chips"]["store"]))["valid"].values))
-    assert len(chips) == with_data > 0, f"{len(chips)} GeoParquet rows for {with_data} chips with data"
+    with_data = chips_with_data(Path(item.assets["classmap"].get_absolute_href()),
+                                yaml.safe_load((region_dir / "config.yaml").read_text())["chips"])
+    assert len(chips) == len(with_data) > 0, f"{len(chips)} GeoParquet rows for {len(with_data)} chips with data"
+    assert set(zip(chips["chip_row"], chips["chip_col"])) == with_data, "GeoParquet rows are not the chips with data"
     assert not [p.name for p in region_dir.iterdir() if p.name.startswith(".")], "temporaries left behind"
     return metrics
+
+
+def chips_with_data(classmap: Path, chips: dict) -> set[tuple[int, int]]:
+    """Origins (row, col) of the chips of the scene-wide layout with at least one mapped pixel."""
+    with rasterio.open(classmap) as src:
+        mapped = src.read(1) != src.nodata
+    size, overlap = chips["size"], chips["overlap"]
+    return {(r, c) for r in starts(mapped.shape[0], size, overlap) for c in starts(mapped.shape[1], size, overlap)
+            if mapped[r:r + size, c:c + size].any()}
 
 
 def assert_complete_if_visible(region_dir: Path) -> list[str]:

@@ -1,7 +1,7 @@
 """The ablation's switches on the real SmolLM2 (first 2 layers): no language model, no adapters, own prompt.
 
 ``use_language_model: false`` must leave the LM out entirely (not run, so the prompt cannot matter),
-still train, and every flow's flat model config must pass the switches on to the model.
+still train, and every kind's ``language:`` block must pass the switches on to the model.
 """
 
 from __future__ import annotations
@@ -9,33 +9,42 @@ from __future__ import annotations
 import pytest
 import torch
 
-from allspark.config import RegionModelConfig
-from allspark.core.config import LanguageModelSettings
+from allspark.core.config import LanguageModelSettings, load_config
 from allspark.model import AllSpark, Trainer, TrainingSettings, seed_everything
+from allspark.pipelines import KINDS, get_kind
+from allspark.region.config import RegionModelConfig
 from allspark.sensors.config import SensorModelConfig
 from allspark.traffic.config import TrafficModelConfig
 from allspark.trajectories.config import TrajectoryModelConfig
-from tests.conftest import TEST_LLM_LAYERS
+from tests.conftest import PROJECT, TEST_LLM_LAYERS
 
 pytestmark = pytest.mark.usefixtures("language_model")
 
-FLAT_CONFIGS = {
-    "region": (RegionModelConfig, {"num_classes": 3}, lambda c: c.allspark_config(["a", "b", "c"])),
-    "trajectories": (LanguageModelSettings, {}, lambda language: TrajectoryModelConfig().allspark_config(12, language)),
-    "sensors": (LanguageModelSettings, {}, lambda language: SensorModelConfig().allspark_config(language, 10)),
-    "traffic": (LanguageModelSettings, {},
-                lambda language: TrafficModelConfig().allspark_config(num_nodes=5, horizon=12, step_minutes=5,
-                                                                      language=language)),
+TO_MODEL = {
+    "region": lambda language: RegionModelConfig().allspark_config(["a", "b", "c"], language),
+    "trajectories": lambda language: TrajectoryModelConfig().allspark_config(12, language),
+    "sensors": lambda language: SensorModelConfig().allspark_config(language, 10),
+    "traffic": lambda language: TrafficModelConfig().allspark_config(num_nodes=5, horizon=12, step_minutes=5,
+                                                                      language=language),
 }
 
 
-@pytest.mark.parametrize("flow", FLAT_CONFIGS)
-def test_every_flow_config_passes_the_switches_to_the_model(flow):
-    config_class, required, to_model = FLAT_CONFIGS[flow]
-    default = to_model(config_class(**required))
+def test_every_kind_has_its_model_switch_check():
+    assert set(TO_MODEL) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", TO_MODEL)
+def test_every_kind_passes_the_language_block_switches_to_the_model(kind):
+    """The switches as a run config gives them: the kind's example config with a ``language:`` block."""
+    spec = get_kind(kind)
+    example = PROJECT / "deployments" / spec.example
+    default = TO_MODEL[kind](load_config(spec.config_class(), example).language)
     assert default.use_language_model and default.prompt is None and default.adapters.every == 2
-    ablated = to_model(config_class(**required, use_language_model=False, adapter_every=0, prompt="Describe pancakes."))
+    switches = {"enabled": False, "adapter_every": 0, "prompt": "Describe pancakes."}
+    language = load_config(spec.config_class(), example, language=switches).language
+    ablated = TO_MODEL[kind](language)
     assert not ablated.use_language_model and ablated.adapters.every == 0 and ablated.prompt == "Describe pancakes."
+    assert ablated.llm_layers == spec.config_class().block_defaults["language"]["layers"]
 
 
 def table_model(**overrides) -> AllSpark:

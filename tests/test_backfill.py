@@ -21,9 +21,11 @@ import yaml
 from rio_cogeo.cogeo import cog_validate
 from shapely.geometry import box, mapping
 
-from allspark import backfill, region
-from allspark.config import RegionConfig
-from allspark.stac import AOIError
+from allspark.errors import ConfigError
+from allspark.raster.catalog import AOIError
+from allspark.region import backfill, steps
+from allspark.region.config import RegionConfig
+from allspark.settings import aois_dir
 from tests.conftest import shared_data
 from tests.regions import quick_config, small_catalog
 
@@ -61,15 +63,15 @@ def test_jobs_have_deterministic_names_and_full_configs(tmp_path):
     assert [job.config.name for job in jobs] == ["south-labelled-2000-01-01_2000-01-31",
                                                  "south-labelled-2000-02-01_2000-02-15"]
     assert jobs[1].config.datetime == ("2000-02-01", "2000-02-15")
-    assert jobs[1].config.region_dir == tmp_path / "nc" / "south-labelled-2000-02-01_2000-02-15"
-    assert Path(jobs[0].config.aoi) == backfill.aois_dir() / "south-labelled.geojson"
+    assert jobs[1].config.publish_dir == tmp_path / "nc" / "south-labelled-2000-02-01_2000-02-15"
+    assert Path(jobs[0].config.aoi) == (aois_dir() / "south-labelled.geojson").resolve()
     assert jobs[0].config.model_dump(exclude={"name", "aoi", "datetime", "output_dir"}) == base.model_dump(
         exclude={"name", "aoi", "datetime", "output_dir"})
     again = backfill.plan_backfill(base, ["south-labelled"], D(2000, 1, 1), D(2000, 2, 15), "monthly", name="nc")
     assert [j.config.fingerprint() for j in again] == [j.config.fingerprint() for j in jobs]
     with pytest.raises(AOIError, match="'atlantis' is neither a GeoJSON file nor a named AOI .*south-labelled"):
         backfill.plan_backfill(base, ["atlantis"], D(2000, 1, 1), D(2000, 2, 1), "monthly")
-    with pytest.raises(ValueError, match="must be letters"):
+    with pytest.raises(ConfigError, match="must be letters"):
         backfill.plan_backfill(base, ["south-labelled"], D(2000, 1, 1), D(2000, 2, 1), "monthly", name="a/b")
 
 
@@ -94,7 +96,7 @@ def aoi(catalog, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(catalog, tmp_path_factory) -> str:
     config = quick_config(catalog, tmp_path_factory.mktemp("unused"), name="backfill-train")
-    return region.train_region(config, region.plan_region(config))["checkpoint"]
+    return str(steps.train(config, steps.ingest(config)).checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +179,9 @@ def test_a_rerun_skips_what_the_catalogs_say_is_published(first_backfill):
     # Published means: the catalog's item carries this config and every asset it links exists.
     job = backfill.plan_backfill(parameters["config"], parameters["aois"], D(2000, 10, 1), D(2000, 10, 31),
                                  "monthly")[0]
-    assert region.published_catalog(job.config) == catalogs[0]
-    assert region.published_catalog(job.config.model_copy(update={"inference_batch": 7})) is None
-    assert region.published_catalog(job.config.model_copy(update={"dask_address": "tcp://elsewhere:8786"}))
+    assert steps.published_catalog(job.config) == catalogs[0]
+    assert steps.published_catalog(job.config.model_copy(update={"inference_batch": 7})) is None
+    assert steps.published_catalog(job.config.model_copy(update={"dask_address": "tcp://elsewhere:8786"}))
 
 
 def test_published_needs_every_asset(first_backfill, tmp_path):
@@ -187,11 +189,11 @@ def test_published_needs_every_asset(first_backfill, tmp_path):
     job = backfill.plan_backfill(parameters["config"], parameters["aois"], D(2000, 11, 1), D(2000, 11, 30),
                                  "monthly")[0]
     copy = tmp_path / job.config.name
-    shutil.copytree(job.config.region_dir, copy)
+    shutil.copytree(job.config.publish_dir, copy)
     moved = job.config.model_copy(update={"output_dir": tmp_path})
-    assert region.published_catalog(moved) == copy / "catalog.json"
+    assert steps.published_catalog(moved) == copy / "catalog.json"
     (copy / "probabilities.tif").unlink()
-    assert region.published_catalog(moved) is None
+    assert steps.published_catalog(moved) is None
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -11,7 +11,8 @@ import json
 import pytest
 import yaml
 
-from allspark.config import load_region_config
+from allspark.errors import AllSparkError, InputError
+from allspark.region.config import load_region_config
 from flows.cli import main
 from tests.conftest import shared_data
 from tests.regions import catalog_yaml, quick_config, small_catalog
@@ -31,14 +32,15 @@ def write_config(path, catalog_config, **changes):
 
 @pytest.fixture
 def run(tmp_path, catalog, prefect_server):
-    """Run the region flow as `allspark run region` does; expect a ValueError and no output."""
+    """Run the region flow as `allspark run region` does; expect an input error (one line in the CLI) and no output."""
     from flows.region import run_region
 
     def _run(config=None, **changes) -> str:
         config = config or write_config(tmp_path / "region.yaml", catalog)
         output_dir = tmp_path / "outputs"
-        with pytest.raises(ValueError) as error:
+        with pytest.raises(InputError) as error:
             run_region(load_region_config(config, output_dir=output_dir, **changes))
+        assert isinstance(error.value, AllSparkError) and isinstance(error.value, ValueError)
         assert not output_dir.exists() or not any(output_dir.iterdir()), "output written despite the error"
         return str(error.value)
 

@@ -1,13 +1,28 @@
-"""Every shipped config validates; typos and inconsistent settings fail loudly."""
+"""Every shipped config validates; typos and inconsistent settings fail loudly in every kind, also inside
+the nested blocks; a partial block keeps the kind's own defaults; the CLI turns the library's errors
+(and only those) into one line and exit code 2; every error class of the library derives from
+``AllSparkError``."""
 
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from allspark.config import ConfigError, RegionConfig, load_config, load_region_config
-from allspark.stac import catalogs_dir, load_catalog_config
-from flows.cli import FILE_FLOWS
+import allspark
+from allspark import errors
+from allspark.core.config import LanguageModelSettings, load_config
+from allspark.errors import AllSparkError, ConfigError
+from allspark.pipelines import FILE_KINDS, KINDS, get_kind
+from allspark.raster.catalog import load_catalog_config
+from allspark.region.config import load_region_config
+from allspark.settings import catalogs_dir, deployments_dir
+from flows import cli
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -18,17 +33,17 @@ def test_shipped_region_configs_validate(path):
     load_catalog_config(config.catalog)
 
 
-@pytest.mark.parametrize("flow", sorted(FILE_FLOWS))
-def test_shipped_file_flow_configs_validate(flow):
-    spec = FILE_FLOWS[flow]
-    config = load_config(spec.config_class(), PROJECT / spec.example)
-    assert config.kind == flow
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_shipped_file_kind_configs_validate(kind):
+    spec = get_kind(kind)
+    config = load_config(spec.config_class(), PROJECT / "deployments" / spec.example)
+    assert config.kind == kind
 
 
-def test_every_shipped_run_config_belongs_to_a_flow():
-    flows = {"region", *FILE_FLOWS}
+def test_every_shipped_run_config_belongs_to_a_kind():
     for path in (PROJECT / "deployments").glob("*.yaml"):
-        assert path.name.split("-")[0] in flows, f"{path.name} is not named after a flow"
+        assert path.name.split("-")[0] in KINDS, f"{path.name} is not named after a kind"
+    assert {spec.example for spec in KINDS.values()} <= {p.name for p in deployments_dir().glob("*.yaml")}
 
 
 @pytest.mark.parametrize("path", sorted(catalogs_dir().glob("*.yaml")), ids=lambda p: p.name)
@@ -38,25 +53,34 @@ def test_shipped_catalog_configs_validate(path):
 
 def test_written_demo_config_equals_the_defaults():
     written = load_region_config(PROJECT / "deployments" / "region-demo.yaml")
-    assert written.fingerprint() == RegionConfig().fingerprint()
+    assert written.fingerprint() == load_region_config(None).fingerprint()
 
 
 @pytest.mark.parametrize(
     "changes,expected",
     [
         ({"chips": {"size": 16, "overlap": 16}}, "must be smaller than chips.size"),
-        ({"model": {"num_classes": 3}}, "must equal the number of class_names"),
+        ({"chips": {"size": 32, "overlap": 8, "block": 16}}, "must be at least chips.size"),
+        # the class count is len(class_names): a separate count can no longer disagree, and is refused
+        ({"model": {"num_classes": 3}}, "model.num_classes: Extra inputs are not permitted"),
+        ({"chips": {"batch": 64}}, "chips.batch: Extra inputs are not permitted"),
         ({"train": None}, "give either train"),
         ({"loader": "gdal"}, "loader"),
         ({"train": {"epoch": 3}}, "train.epoch: Extra inputs are not permitted"),
+        ({"language": {"layer": 3}}, "language.layer: Extra inputs are not permitted"),
     ],
 )
 def test_invalid_configs_name_the_problem(changes, expected, tmp_path):
     path = tmp_path / "region.yaml"
     path.write_text(yaml.safe_dump(changes))
-    with pytest.raises(ConfigError, match=expected) as error:
+    with pytest.raises(ConfigError, match=re.escape(expected)) as error:
         load_region_config(path)
     assert str(path) in str(error.value)
+
+
+def test_the_class_count_is_the_number_of_class_names():
+    config = load_region_config(None, class_names=["a", "b", "c"])
+    assert config.model.allspark_config(config.class_names, config.language).head.num_classes == 3
 
 
 def test_fingerprint_ignores_where_outputs_go():
@@ -64,3 +88,153 @@ def test_fingerprint_ignores_where_outputs_go():
     b = load_region_config(None, output_dir="/tmp/b")
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != load_region_config(None, seed=1).fingerprint()
+    assert a.fingerprint() != load_region_config(None, language={"layers": 2}).fingerprint()
+
+
+# -- every kind: typos fail loudly, partial blocks keep the kind's defaults ----------------------------
+
+
+def example(kind: str) -> dict:
+    """The kind's shipped example config, as a mapping."""
+    return yaml.safe_load((PROJECT / "deployments" / get_kind(kind).example).read_text())
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+TYPOS = {
+    "top level": (lambda c: c | {"sead": 1}, "sead: Extra inputs are not permitted"),
+    "language": (lambda c: c | {"language": {**c["language"], "adapters_every": 1}},
+                 "language.adapters_every: Extra inputs are not permitted"),
+    "train": (lambda c: c | {"train": {**c["train"], "learning_rat": 0.1}},
+              "train.learning_rat: Extra inputs are not permitted"),
+    "model": (lambda c: c | {"model": {**(c.get("model") or {}), "widht": 8}},
+              "model.widht: Extra inputs are not permitted"),
+}
+
+
+@pytest.mark.parametrize("where", TYPOS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_typo_fails_loudly_in_every_kind_and_block(kind, where, tmp_path):
+    change, expected = TYPOS[where]
+    path = write(tmp_path, change(example(kind)))
+    with pytest.raises(ConfigError, match=re.escape(expected)) as error:
+        load_config(get_kind(kind).config_class(), path)
+    assert str(path) in str(error.value) and f"invalid {kind} config" in str(error.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_partial_block_keeps_the_kinds_own_defaults(kind, tmp_path):
+    config_class = get_kind(kind).config_class()
+    defaults = config_class.block_defaults
+    assert set(defaults) == {"language", "train"}, "every kind sets its own language and train defaults"
+    data = example(kind)
+    data["train"] = {"batch_size": 3}  # every other training key left out
+    data["language"] = {"prompt": "Describe this."}  # and every other language key
+    config = load_config(config_class, write(tmp_path, data))
+    assert config.train.batch_size == 3 and config.language.prompt == "Describe this."
+    train_class = type(config.train)
+    assert any(getattr(train_class(), key) != value for key, value in defaults["train"].items()
+               if key != "batch_size"), "the kind's train defaults equal the shared ones: the test would prove nothing"
+    for key, value in defaults["train"].items():
+        if key != "batch_size":
+            assert getattr(config.train, key) == value, f"train.{key}"
+    for key, field in train_class.model_fields.items():
+        if key not in defaults["train"] and key != "batch_size":
+            assert getattr(config.train, key) == field.default, f"train.{key}"
+    for key, value in defaults["language"].items():
+        assert getattr(config.language, key) == value, f"language.{key}"
+    assert config.language.llm == LanguageModelSettings().llm
+    # The same defaults fill a config that leaves the blocks out altogether ...
+    data.pop("language")
+    data.pop("train")
+    bare = load_config(config_class, write(tmp_path, data))
+    assert bare.language.layers == defaults["language"]["layers"]
+    assert bare.train.epochs == defaults["train"]["epochs"]
+    # ... an explicit null stays null, and a given value wins over the kind's default
+    data["language"] = {"layers": None}
+    data["train"] = {"epochs": defaults["train"]["epochs"] + 1}
+    given = load_config(config_class, write(tmp_path, data))
+    assert given.language.layers is None and given.train.epochs == defaults["train"]["epochs"] + 1
+
+
+# -- the command line: the library's errors are one line and exit code 2, a bug keeps its traceback ----
+
+
+def test_a_config_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    path = write(tmp_path, {"language": {"layer": 3}})
+    code = cli.main(["config", "show", "--config", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("allspark: error: invalid region config") and str(path) in line
+    assert "language.layer: Extra inputs are not permitted" in line
+
+
+ERROR_CLASSES = sorted(
+    (cls for cls in vars(errors).values() if inspect.isclass(cls) and issubclass(cls, AllSparkError)),
+    key=lambda cls: cls.__name__,
+)
+
+
+@pytest.mark.parametrize("error_class", ERROR_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_library_error_raised_by_a_command_is_one_line_and_exit_code_2(error_class, monkeypatch, capsys):
+    def handler(args):
+        raise error_class("the input named here cannot be used")
+
+    monkeypatch.setattr(cli, "_list_modalities", handler)
+    assert cli.main(["modalities"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "allspark: error: the input named here cannot be used\n" and captured.out == ""
+
+
+@pytest.mark.parametrize("bug", [RuntimeError, KeyError, ValueError, OSError])
+def test_a_bug_propagates_with_its_traceback(bug, monkeypatch, capsys):
+    def handler(args):
+        raise bug("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "_list_modalities", handler)
+    with pytest.raises(bug, match="a bug, not bad input") as error:
+        cli.main(["modalities"])
+    assert any(entry.name == "handler" for entry in error.traceback), "the traceback lost the raising frame"
+    assert "allspark: error" not in capsys.readouterr().err
+
+
+def library_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(allspark.__path__, "allspark."))
+
+
+def library_exception_classes() -> list[type[BaseException]]:
+    """Every exception class defined in a module of ``allspark/`` (each module imported)."""
+    found = []
+    for name in library_modules():
+        module = importlib.import_module(name)
+        found += [cls for cls in vars(module).values()
+                  if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == name]
+    return sorted(set(found), key=lambda cls: f"{cls.__module__}.{cls.__name__}")
+
+
+def test_the_class_scan_finds_every_error_class_in_the_source():
+    """What ``grep 'class .*Error'`` finds in allspark/, the import scan finds too (so the next test sees all)."""
+    source = {match for path in Path(allspark.__file__).parent.rglob("*.py")
+              for match in re.findall(r"^class (\w*Error)\b", path.read_text(), flags=re.M)}
+    assert source, "no error class found in the source"
+    assert source <= {cls.__name__ for cls in library_exception_classes()}
+
+
+# ModalityInputError (allspark/model/inputs.py) derives from ValueError only: a library bug reported to the lead.
+KNOWN_OUTSIDE = {"allspark.model.inputs.ModalityInputError"}
+
+
+@pytest.mark.parametrize(
+    "error_class",
+    [pytest.param(cls, marks=pytest.mark.xfail(strict=True, reason="not yet rooted in AllSparkError"))
+     if f"{cls.__module__}.{cls.__name__}" in KNOWN_OUTSIDE else cls
+     for cls in library_exception_classes()],
+    ids=lambda cls: f"{cls.__module__}.{cls.__name__}",
+)
+def test_every_exception_class_of_the_library_derives_from_allspark_error(error_class):
+    assert issubclass(error_class, AllSparkError)

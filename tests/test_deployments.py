@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import zarr
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -29,8 +28,11 @@ from prefect.client.schemas.filters import (
 from prefect.deployments import run_deployment
 from prefect.schedules import Interval
 
-from allspark.config import RegionConfig, load_config
-from flows.cli import FILE_FLOWS, PROJECT
+from allspark.core.config import load_config
+from allspark.pipelines import get_kind
+from allspark.raster.scene import open_scene
+from allspark.region.config import RegionConfig
+from allspark.settings import deployments_dir
 from flows.deployments import (
     AOI_DIR,
     REGION_ENTRYPOINT,
@@ -52,7 +54,7 @@ from tests.serving import (
     wait_until,
 )
 
-CHIPS = {"size": 8, "overlap": 4, "batch": 16}  # 256 chips over the AOI, in 16 inference tasks
+CHIPS = {"size": 8, "overlap": 4, "block": 16}  # 16-pixel blocks: a few dozen inference tasks over the AOI
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +147,12 @@ def test_serve_registers_the_deployments_and_starts_once(served):
             assert deployment.parameters["aoi"] == aoi and deployment.parameters["name"] == name.split("/")[1]
             config = RegionConfig.model_validate(deployment.parameters["config"])
             assert config.aoi is None and config.train is not None  # fine-tuned once on the whole catalog
-        for flow, cron in (("sensors", "0 * * * *"), ("trajectories", "0 3 * * *")):
-            spec = FILE_FLOWS[flow]
-            config = load_config(spec.config_class(), PROJECT / spec.example)
-            deployment = client.read_deployment_by_name(f"{flow}/{config.name}")
+        for kind, cron in (("sensors", "0 * * * *"), ("trajectories", "0 3 * * *")):
+            spec = get_kind(kind)
+            config = load_config(spec.config_class(), deployments_dir() / spec.example)
+            deployment = client.read_deployment_by_name(f"files/{config.name}")  # the one file flow, per kind
             assert deployment.schedules[0].schedule.cron == cron and deployment.work_pool_name == WORK_POOL
+            assert deployment.parameters["kind"] == kind
             assert spec.config_class().model_validate(deployment.parameters["config"]) == config
         assert any(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(WORK_POOL))
     running = {role: served.state(role)["pid"] for role in ("server", "worker")}
@@ -192,16 +195,16 @@ def test_worker_killed_during_inference_then_a_rerun_resumes_and_completes(serve
     first = run(served, name, wait=False)
     work = Path(os.environ["ALLSPARK_CACHE"]) / "work"
 
-    def chunks_done():
+    def blocks_done():
         stores = list(work.glob("killed-inference-*/predictions-*.zarr"))
-        if stores and (done := zarr.open_group(stores[0], mode="r")["done"][:]).any():
-            return stores[0], done
-        return None
+        return stores[0] if stores and list((stores[0] / "blocks").glob("*.parquet")) else None
 
-    store, _ = wait_until(chunks_done, 400, "the first inference task to finish")
+    store = wait_until(blocks_done, 400, "the first inference task to finish")
     kill_tree(served.process("worker"))  # the worker, its flow run and the run's Dask processes
-    done = zarr.open_group(store, mode="r")["done"][:]
-    assert 0 < done.sum() < len(done), f"inference was not under way at the kill: {done.sum()} of {len(done)} done"
+    n_blocks = len(open_scene(store.parent / "scene.zarr")[0].blocks())
+    done = len(list((store / "blocks").glob("*.parquet")))
+    assert n_blocks >= 16, n_blocks
+    assert 0 < done < n_blocks, f"inference was not under way at the kill: {done} of {n_blocks} done"
     assert served.flow_run(first.id).state.name == "Running"  # nobody was left to report the crash
 
     server_pid = served.state("server")["pid"]
@@ -209,10 +212,11 @@ def test_worker_killed_during_inference_then_a_rerun_resumes_and_completes(serve
     assert served.state("server")["pid"] == server_pid
     rerun = run(served, name)
     assert rerun.state.is_completed(), f"{rerun.state}\n{served.log()}"
-    assert_published(outputs / "killed-inference")
-    assert zarr.open_group(store, mode="r")["done"][:].all()
-    # The rerun predicted only the chunks the killed run had not finished.
-    missing = int(len(done) - done.sum())
+    metrics = assert_published(outputs / "killed-inference")
+    assert len(list((store / "blocks").glob("*.parquet"))) == n_blocks
+    # The rerun predicted only the blocks the killed run had not finished.
+    missing = n_blocks - done
+    assert metrics["inference"]["blocks_predicted"] == missing and metrics["inference"]["blocks_done_before"] == done
     wait_until(lambda: predict_task_runs(served, rerun.id) >= missing, 30, "the rerun's task runs", poll=1)
     assert predict_task_runs(served, rerun.id) == missing
 

@@ -18,12 +18,14 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-import zarr
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from allspark import region
-from allspark.inference import checkpoint_digest
-from allspark.paths import StorageError, check_writable
+from allspark.core.bundle import bundle_digest
+from allspark.core.storage import check_writable
+from allspark.errors import StorageError
+from allspark.raster.scene import open_scene, pending_blocks
+from allspark.region import steps
+from allspark.settings import work_root
 from tests import file_flows
 from tests.conftest import shared_data, task_states
 from tests.regions import quick_config, small_catalog
@@ -113,21 +115,22 @@ def _region_flow(catalog, output_dir, dask_address, **changes):
     return config, lambda: run_region(config)
 
 
-def _file_flow(kind: str, output_dir: Path, inputs: Path):
-    if kind == "trajectories":
-        from flows.files import run_file_flow
-
-        config = file_flows.trajectories_config(file_flows.eth_slice(inputs), output_dir)
-        return config, lambda: run_file_flow(config)
-    if kind == "sensors":
-        from flows.files import run_file_flow
-
-        config = file_flows.sensors_config(output_dir)
-        return config, lambda: run_file_flow(config)
+def _file_flow(kind: str, output_dir: Path, inputs: Path, name: str):
     from flows.files import run_file_flow
 
-    config = file_flows.traffic_config(file_flows.traffic_slice(inputs), output_dir)
+    if kind == "trajectories":
+        config = file_flows.trajectories_config(file_flows.eth_slice(inputs), output_dir)
+    elif kind == "sensors":
+        config = file_flows.sensors_config(output_dir)
+    else:
+        config = file_flows.traffic_config(file_flows.traffic_slice(inputs), output_dir)
+    config = config.model_copy(update={"name": name})  # no other test's work folder can share it
     return config, lambda: run_file_flow(config)
+
+
+def _work_folders(config) -> list[Path]:
+    """Work folders of runs named like ``config`` (a region's is keyed by its inputs too, found by ingest)."""
+    return sorted(work_root().glob(f"{config.name}-*"))
 
 
 FLOWS = ["region", "trajectories", "sensors", "traffic"]
@@ -143,16 +146,14 @@ def test_every_flow_stops_before_work_on_a_read_only_or_full_output_disk(
     output_dir = mount / f"{flow}-outputs"
     if flow == "region":
         config, run = _region_flow(catalog, output_dir, threads_cluster, name=f"region-{disk}")
-        out = config.region_dir
     else:
-        config, run = _file_flow(flow, output_dir, tmp_path)
-        out = config.output_dir / config.name
+        config, run = _file_flow(flow, output_dir, tmp_path, name=f"{flow}-{disk}")
     with pytest.raises(StorageError) as error:
         run()
     message = str(error.value)
-    assert str(out) in message, message
+    assert str(config.publish_dir) in message, message
     assert ("Read-only file system" if disk == "read-only" else "No space left on device") in message
-    assert not config.work_dir().exists(), "work started before the check"
+    assert not _work_folders(config), "work started before the check"
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -165,14 +166,15 @@ def test_region_flow_checks_its_size_estimate_and_its_work_folder(catalog, threa
     state = region_flow.with_options(task_runner=task_runner(config))(config, return_state=True)
     error = state.result(raise_on_failure=False)
     assert isinstance(error, StorageError) and "not enough free space" in str(error) and "TiB" in str(error), error
-    assert str(config.region_dir) in str(error)
-    assert set(task_states(state)) == {"plan"}, "a step after planning ran"
+    assert str(config.publish_dir) in str(error)
+    assert task_states(state) == {"ingest": ["Failed"]}, "a step after the ingest check ran"
+    assert not _work_folders(config) and not config.publish_dir.exists(), "the check wrote something"
 
     monkeypatch.setenv("ALLSPARK_CACHE", str(read_only_dir / "cache"))
     config, run = _region_flow(catalog, tmp_path / "outputs", threads_cluster, name="cache-read-only")
     with pytest.raises(StorageError, match="Read-only file system") as error:
         run()
-    assert str(config.work_dir()) in str(error.value)
+    assert str(read_only_dir / "cache") in str(error.value)
     assert not (tmp_path / "outputs").exists()
 
 
@@ -181,23 +183,35 @@ def test_region_flow_checks_its_size_estimate_and_its_work_folder(catalog, threa
 
 @pytest.fixture(scope="module")
 def checkpoint(catalog, tmp_path_factory):
-    """A quickly fine-tuned checkpoint, so both runs apply the same model."""
+    """A quickly fine-tuned model bundle, so both runs apply the same model."""
     config = quick_config(catalog, tmp_path_factory.mktemp("unused"), name="failures-train")
-    return region.train_region(config, region.plan_region(config))["checkpoint"]
+    return steps.train(config, steps.ingest(config)).checkpoint
+
+
+def _is_predict(key) -> bool:
+    """A Dask key of a block's inference task (Dask names a key after the submitted function, ``call_task``)."""
+    from flows.region import call_task
+
+    return str(key).startswith(call_task.fn.__name__)
+
+
+def _blocks_done(store: Path) -> int:
+    """Blocks of the probability store marked done (their chip table written)."""
+    return len(list((store / "blocks").glob("*.parquet"))) if store.exists() else 0
 
 
 def _kill_a_busy_worker(client, store: Path, stop: threading.Event) -> dict:
-    """Once the prediction store has a finished chunk, SIGKILL a worker process that is predicting a chunk."""
+    """Once the probability store has a finished block, SIGKILL a worker process that is predicting a block."""
     while not stop.is_set():
-        if store.exists() and zarr.open_group(store, mode="r")["done"][:].any():
-            busy = {address: [key for key in keys if str(key).startswith("predict")]
+        if _blocks_done(store):
+            busy = {address: [key for key in keys if _is_predict(key)]
                     for address, keys in client.processing().items()}
             address = next((a for a, keys in busy.items() if keys), None)
             if address is not None:
                 pid = client.run(os.getpid, workers=[address])[address]
-                done = int(zarr.open_group(store, mode="r")["done"][:].sum())
+                done = _blocks_done(store)
                 os.kill(pid, signal.SIGKILL)
-                return {"pid": pid, "address": address, "keys": busy[address], "chunks_done": done}
+                return {"pid": pid, "address": address, "keys": busy[address], "blocks_done": done}
         time.sleep(0.05)
     return {}
 
@@ -209,11 +223,11 @@ class PredictTransitions(SchedulerPlugin):
         self.log = []
 
     def transition(self, key, start, finish, *args, **kwargs):
-        if str(key).startswith("predict"):
+        if _is_predict(key):
             self.log.append((key, start, finish))
 
 
-def _clean_run(config, checkpoint: str) -> dict:
+def _clean_run(config):
     """The same steps as the flow, uninterrupted and in this process: the reference result.
 
     With one torch thread, as on a Dask worker (the nanny sets OMP_NUM_THREADS=1), so that float
@@ -221,17 +235,19 @@ def _clean_run(config, checkpoint: str) -> dict:
     """
     import torch
 
-    plan = region.plan_region(config)
-    tiled = region.tile_region(config, plan)
-    store = region.prediction_store(config, tiled["store"], checkpoint)
+    ingested = steps.ingest(config)
+    trained = steps.train(config, ingested)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        for start, stop in region.pending_ranges(tiled["store"], store)[0]:
-            region.predict_chip_range(tiled["store"], store, checkpoint, start, stop, config.inference_batch)
+        predicted = steps.predict(config, ingested, trained)
     finally:
         torch.set_num_threads(threads)
-    return region.publish_region(config, plan, tiled["store"], store, checkpoint, tiled)
+    return steps.publish(config, ingested, trained, predicted)
+
+
+def _chips(path: Path) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(path).sort_values(["chip_row", "chip_col"], ignore_index=True)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -242,8 +258,10 @@ def test_a_dask_worker_killed_during_inference_is_retried_and_the_result_equals_
 
     from flows.region import region_flow, task_runner
 
-    common = {"chips": {"size": 8, "overlap": 4, "batch": 8}, "checkpoint": checkpoint, "train": None}
-    clean = _clean_run(quick_config(catalog, tmp_path / "clean", name="clean", **common), checkpoint)
+    # 16-pixel blocks: 36 inference tasks over the 96 x 96 crop, long enough to be hit
+    common = {"chips": {"size": 8, "overlap": 4, "block": 16}, "inference_batch": 8, "checkpoint": str(checkpoint),
+              "train": None}
+    clean = _clean_run(quick_config(catalog, tmp_path / "clean", name="clean", **common))
 
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
@@ -251,9 +269,9 @@ def test_a_dask_worker_killed_during_inference_is_retried_and_the_result_equals_
     ):
         transitions = PredictTransitions()
         cluster.scheduler.add_plugin(transitions)
-        # 67 chunks of 8 chips: inference lasts long enough to be hit
         hit = quick_config(catalog, tmp_path / "hit", name="hit", dask_address=cluster.scheduler_address, **common)
-        store = hit.work_dir() / f"predictions-{checkpoint_digest(Path(checkpoint))}.zarr"
+        ingested = steps.ingest(hit)  # the scene store (the flow finds it complete), to know the store's path
+        store = ingested.work_dir / f"predictions-{bundle_digest(checkpoint)}.zarr"
         stop, killed = threading.Event(), {}
         killer = threading.Thread(target=lambda: killed.update(_kill_a_busy_worker(client, store, stop)))
         killer.start()
@@ -263,27 +281,30 @@ def test_a_dask_worker_killed_during_inference_is_retried_and_the_result_equals_
             stop.set()
             killer.join()
         outputs = state.result()
-        assert killed, "no worker was killed: inference ended before a chunk was seen done"
+        assert killed, "no worker was killed: inference ended before a block was seen done"
         assert killed["pid"] not in client.run(os.getpid).values()  # the nanny started a new worker process
 
-    n_chunks = zarr.open_group(store, mode="r")["done"].shape[0]
-    assert 0 < killed["chunks_done"] < n_chunks, killed
+    scene, _ = open_scene(ingested.store)
+    n_blocks = len(scene.blocks())
+    assert n_blocks == 36
+    assert 0 < killed["blocks_done"] < n_blocks, killed
     # The scheduler ran the dead worker's predict tasks again, elsewhere, to completion ...
     rerun = [key for key in killed["keys"] if sum(k == key and to == "processing" for k, _, to in transitions.log) > 1]
     assert rerun, (killed, [t for t in transitions.log if t[0] in killed["keys"]])
-    # ... and Prefect saw every chunk once, completed
-    predict = task_states(state)["predict"]
-    assert len(predict) == n_chunks and set(predict) == {"Completed"}, predict
-    assert zarr.open_group(store, mode="r")["done"][:].all()
+    # ... and Prefect saw every block once, completed
+    predict = task_states(state)["predict-block"]
+    assert len(predict) == n_blocks and set(predict) == {"Completed"}, predict
+    assert pending_blocks(store, scene) == [] and _blocks_done(store) == n_blocks
 
-    with rasterio.open(clean["classmap"]) as a, rasterio.open(outputs["classmap"]) as b:
+    with rasterio.open(clean.paths["classmap"]) as a, rasterio.open(outputs.paths["classmap"]) as b:
         clean_map, hit_map = a.read(1), b.read(1)
     np.testing.assert_array_equal(hit_map, clean_map)
     assert len(np.unique(clean_map)) > 1, "a one-class map would make the comparison trivial"
-    with rasterio.open(clean["probabilities"]) as a, rasterio.open(outputs["probabilities"]) as b:
+    with rasterio.open(clean.paths["probabilities"]) as a, rasterio.open(outputs.paths["probabilities"]) as b:
         np.testing.assert_array_equal(a.read(), b.read())
-    clean_chips, hit_chips = gpd.read_parquet(clean["chips"]), gpd.read_parquet(outputs["chips"])
+    clean_chips, hit_chips = _chips(clean.paths["chips"]), _chips(outputs.paths["chips"])
     assert len(hit_chips) == len(clean_chips) == 23 * 23
-    for column in ("chip_id", "predicted_class", "score"):
+    for column in ("chip_row", "chip_col", "predicted_class", "score"):
         np.testing.assert_array_equal(hit_chips[column], clean_chips[column])
     assert hit_chips.geometry.equals(clean_chips.geometry)
+

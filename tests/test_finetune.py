@@ -6,9 +6,10 @@ import numpy as np
 import rasterio
 import torch
 
-from allspark.config import RegionModelConfig, TrainConfig
-from allspark.finetune import LabelledPixels, fine_tune, labelled_regions, split_holdout
+from allspark.core.config import LanguageModelSettings
 from allspark.model import AllSpark, seed_everything
+from allspark.region.config import RegionModelConfig, RegionTrainSettings
+from allspark.region.inputs import LabelledPixels, fine_tune, labelled_regions, split_holdout
 from tests.conftest import shared_data
 from tests.regions import CROP
 
@@ -53,9 +54,10 @@ def test_pixel_holdout_is_stratified():
 
 def train_once(image, labels):
     seed_everything(0)
-    config = RegionModelConfig(num_classes=7, llm_layers=1, num_queries=4, stem_dim=32, bridge_depth=1)
-    model = AllSpark(config.allspark_config([f"c{i}" for i in range(7)]))
-    config = TrainConfig(epochs=2, batch_size=16, max_train_pixels=48, learning_rate=3e-3)
+    config = RegionModelConfig(num_queries=4, stem_dim=32, bridge_depth=1)
+    model = AllSpark(config.allspark_config([f"c{i}" for i in range(7)], LanguageModelSettings(layers=1)))
+    config = RegionTrainSettings(epochs=2, batch_size=16, max_train_pixels=48, learning_rate=3e-3,
+                                 warmup_epochs=1, weight_decay=0.01)  # the region run defaults
     normalizer, metrics, _ = fine_tune(
         model, image, labels, BANDS, WAVELENGTHS, [f"c{i}" for i in range(7)], 8, config, seed=0, log=lambda _: None
     )

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allspark.config import RegionModelConfig
+from allspark.core.config import LanguageModelSettings
 from allspark.model import (
     PROMPTS,
     AllSpark,
@@ -26,6 +26,7 @@ from allspark.model import (
     save_checkpoint,
     select_prompt,
 )
+from allspark.region.config import RegionModelConfig
 from tests.conftest import TEST_LLM_LAYERS
 
 LANDSAT_WAVELENGTHS = torch.tensor([0.482, 0.562, 0.655, 0.865, 1.609, 2.201])
@@ -40,8 +41,10 @@ pytestmark = pytest.mark.usefixtures("language_model")
 def build_model(seed: int = 0, num_classes: int = 4, **overrides) -> AllSpark:
     """A small CPU region model on the session's LM; the seed fixes the trainable parts' initialisation."""
     torch.manual_seed(seed)
-    config = RegionModelConfig(llm_layers=TEST_LLM_LAYERS, num_classes=num_classes, **overrides)
-    return AllSpark(config.allspark_config([f"class{i}" for i in range(num_classes)]), device="cpu")
+    language_keys = set(LanguageModelSettings.model_fields) & set(overrides)
+    language = LanguageModelSettings(layers=TEST_LLM_LAYERS, **{k: overrides.pop(k) for k in language_keys})
+    config = RegionModelConfig(**overrides)
+    return AllSpark(config.allspark_config([f"class{i}" for i in range(num_classes)], language), device="cpu")
 
 
 def randomise_adapters(model: AllSpark) -> None:

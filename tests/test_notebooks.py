@@ -41,7 +41,7 @@ def region_catalog(tmp_path_factory, prefect_server) -> str:
 
     work = tmp_path_factory.mktemp("notebook-region")
     catalog = small_catalog(shared_data("landsat7_nc_labeled"), work)
-    return run_region(quick_config(catalog, work / "outputs", n_workers=1))["catalog"]
+    return str(run_region(quick_config(catalog, work / "outputs", n_workers=1)).catalog)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from shapely.geometry import box
 
 from allspark.demo_data import build_demo_catalog
-from allspark.stac import (
+from allspark.raster.catalog import (
     AOIError,
     BandSpec,
     CatalogConfig,

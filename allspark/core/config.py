@@ -134,6 +134,30 @@ class RunConfig(StrictModel):
         return work_dir(self.name, self.fingerprint(), [*self.input_files(), *inputs])
 
 
+class ModelRunConfig(RunConfig):
+    """A run that fine-tunes AllSpark (``train``) or applies a trained model bundle (``checkpoint``).
+
+    Kinds narrow ``train`` to their own :class:`TrainSettings` subclass and set its defaults and
+    the language model's in ``block_defaults``.
+    """
+
+    language: LanguageModelSettings
+    train: TrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
+    checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
+    inference_batch: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _train_or_checkpoint(self) -> ModelRunConfig:
+        if self.train is None and self.checkpoint is None:
+            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
+        return self
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether this run fine-tunes a model (else it applies ``checkpoint``)."""
+        return self.checkpoint is None
+
+
 Config = TypeVar("Config", bound=RunConfig)
 
 

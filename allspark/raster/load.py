@@ -68,7 +68,8 @@ def storage_encoding(asset_dtypes: Sequence[str], bands: Sequence[BandSpec]) -> 
     nodata = {b.nodata for b in bands}
     if len(dtypes) == 1 and len(nodata) == 1:
         (dtype,), (value,) = dtypes, nodata
-        if dtype.kind in "iu" and value is not None and np.can_cast(np.min_scalar_type(value), dtype):
+        if dtype.kind in "iu" and value is not None and float(value).is_integer() and \
+                np.iinfo(dtype).min <= value <= np.iinfo(dtype).max:  # nodata is a float (0.0): no min_scalar_type
             return Encoding(dtype=dtype.name, nodata=float(value))
     return Encoding(dtype="float32", nodata=float("nan"))
 

@@ -45,14 +45,6 @@ while overviews are built, so the memory of publishing would grow with the area.
 
 
 def _to_cog(src: Path, final: Path, resampling: str) -> None:
-    with atomic_path(final) as tmp, rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
-        cog_translate(
-            str(src), str(tmp), cog_profiles.get("deflate"), overview_resampling=resampling,
-            forward_band_tags=True, in_memory=False, quiet=True,  # keep the class names of the class map
-        )
-
-
-def _to_cog(src: Path, final: Path, resampling: str) -> None:
     with atomic_file(final) as tmp, rasterio.Env(GDAL_CACHEMAX=COG_CACHE_BYTES):
         cog_translate(
             str(src), str(tmp), cog_profiles.get("deflate"), overview_resampling=resampling,

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from allspark.core.config import (
     NAME_PATTERN,
     LanguageModelSettings,
-    RunConfig,
+    ModelRunConfig,
     SettingsBlock,
     TrainSettings,
     load_config,
@@ -85,7 +85,7 @@ class RegionModelConfig(SettingsBlock):
         )
 
 
-class RegionConfig(RunConfig):
+class RegionConfig(ModelRunConfig):
     """Everything one run of the region pipeline needs; the defaults are the embedded demo."""
 
     kind: ClassVar[str] = "region"
@@ -106,18 +106,9 @@ class RegionConfig(RunConfig):
     chips: ChipConfig = Field(default_factory=ChipConfig)
     class_names: list[str] = Field(default_factory=lambda: list(LANDSAT7_NC_CLASSES), min_length=2)
     model: RegionModelConfig = Field(default_factory=RegionModelConfig)
-    language: LanguageModelSettings
-    train: RegionTrainSettings | None = Field(description="Fine-tuning; null with a checkpoint.")
-    checkpoint: Path | None = Field(None, description="Use this checkpoint instead of fine-tuning.")
-    inference_batch: int = Field(32, ge=1)
+    train: RegionTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RegionConfig:
-        if self.train is None and self.checkpoint is None:
-            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
-        return self
 
 
 def load_region_config(path: str | Path | None = None, **overrides: object) -> RegionConfig:

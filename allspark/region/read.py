@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 
+from allspark.core.atomic import write_text
 from allspark.errors import InputError
 from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
 from allspark.raster.load import Encoding, check_readable, output_grid, storage_encoding
@@ -80,7 +81,8 @@ def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None,
 
 
 def save_plan(plan: RegionPlan, work_dir: Path) -> None:
-    (work_dir / PLAN_FILE).write_text(plan.model_dump_json())
+    """Keep the plan in the work folder: training and publishing read it from there."""
+    write_text(plan.model_dump_json(), work_dir / PLAN_FILE)
 
 
 def load_plan(work_dir: Path) -> RegionPlan:

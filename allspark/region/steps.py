@@ -95,12 +95,11 @@ def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     region_plan = plan(config)
     work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
     check_writable(config.publish_dir, work, min_free_bytes=storage_estimate(config, region_plan))
-    work.mkdir(parents=True, exist_ok=True)
+    save_plan(region_plan, work)
     store = work / SCENE_STORE
     if store.exists():
         scene, _ = open_scene(store)
     else:
-        save_plan(region_plan, work)
         raster = load_stack(
             region_plan.pystac_items(), region_plan.bands, region_plan.encoding, loader=config.loader,
             bbox_4326=region_plan.aoi_bbox, resolution=config.resolution, composite=config.composite,
@@ -142,7 +141,7 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
         return given_checkpoint(config.checkpoint)
     directory = ingested.work_dir / MODEL_DIR
     if directory.exists():
-        return Trained(checkpoint=directory, metrics=_metrics_of(directory))
+        return given_checkpoint(directory)
     if config.train is None:
         raise ConfigError(f"region {config.name!r} has no train settings: nothing to fine-tune")
     from allspark.model.model import AllSpark
@@ -164,12 +163,6 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
     save_bundle(directory, model, normalizer, metrics, extra_files={
         HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)})
     return Trained(checkpoint=directory, metrics=metrics)
-
-
-def _metrics_of(directory: Path) -> dict | None:
-    from allspark.core.bundle import training_metrics
-
-    return training_metrics(directory)
 
 
 # -- predict --------------------------------------------------------------------------------------

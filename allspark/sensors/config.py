@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from allspark.core.config import (
     NAME_PATTERN,
     LanguageModelSettings,
-    RunConfig,
+    ModelRunConfig,
     SettingsBlock,
     TrainSettings,
     load_config,
@@ -52,7 +52,7 @@ class SensorsTrainSettings(TrainSettings):
     )
 
 
-class SensorsConfig(RunConfig):
+class SensorsConfig(ModelRunConfig):
     """Everything one run of the sensors pipeline needs."""
 
     kind: ClassVar[str] = "sensors"
@@ -71,21 +71,8 @@ class SensorsConfig(RunConfig):
     split: Literal["random", "chronological"] = "chronological"
     train_fraction: float = Field(0.4, gt=0, lt=1, description="share of rows (random) or of hours (chronological)")
     model: SensorModelConfig = Field(default_factory=SensorModelConfig)
-    language: LanguageModelSettings
-    train: SensorsTrainSettings | None
-    checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
+    train: SensorsTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     inference_batch: int = Field(256, ge=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SensorsConfig:
-        if self.train is None and self.checkpoint is None:
-            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
-        return self
-
-    @property
-    def fine_tunes(self) -> bool:
-        """Whether this run fine-tunes a model (else it applies ``checkpoint``)."""
-        return self.checkpoint is None
 
     def station_files(self) -> list[Path]:
         """The station tables ``inputs`` names, sorted; a pattern matching nothing is an error."""

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from allspark.core.config import LanguageModelSettings, RunConfig, StrictModel, TrainSettings
+from allspark.core.config import LanguageModelSettings, ModelRunConfig, StrictModel, TrainSettings
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -56,7 +56,7 @@ class TrafficTrainSettings(TrainSettings):
     window_stride: int = Field(3, ge=1, description="train on every N-th training window (1 = all; CPU: 3)")
 
 
-class TrafficConfig(RunConfig):
+class TrafficConfig(ModelRunConfig):
     """Everything one run of the traffic pipeline needs."""
 
     kind: ClassVar[str] = "traffic"
@@ -87,10 +87,7 @@ class TrafficConfig(RunConfig):
                     "or every test window's forecast",
     )
     model: TrafficModelConfig = Field(default_factory=TrafficModelConfig)
-    language: LanguageModelSettings
     train: TrafficTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
-    checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
-    inference_batch: int = Field(32, ge=1)
 
     @field_validator("start")
     @classmethod
@@ -105,8 +102,6 @@ class TrafficConfig(RunConfig):
             raise ValueError(f"step_minutes ({self.step_minutes}) must divide a day (1440 minutes)")
         if abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ValueError(f"split {self.split} must be three positive fractions summing to 1")
-        if self.train is None and self.checkpoint is None:
-            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
         return self
 
     def input_files(self) -> list[Path]:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 import pyproj
 from pydantic import Field, model_validator
 
-from allspark.core.config import LanguageModelSettings, RunConfig, StrictModel, TrainSettings
+from allspark.core.config import LanguageModelSettings, ModelRunConfig, StrictModel, TrainSettings
 from allspark.trajectories.read import WindowRule, find_input_files
 
 
@@ -51,7 +51,7 @@ class TrajectoryTrainSettings(TrainSettings):
     rotate: bool = Field(True, description="rotate each training scene by a random angle (augmentation)")
 
 
-class TrajectoriesConfig(RunConfig):
+class TrajectoriesConfig(ModelRunConfig):
     """Everything one run of the trajectories pipeline needs."""
 
     kind: ClassVar[str] = "trajectories"
@@ -77,9 +77,7 @@ class TrajectoriesConfig(RunConfig):
     origin: tuple[float, float] | None = Field(None, description="eth_ucy: map position of local (0, 0) in crs")
     crs: str | None = Field(None, description="eth_ucy: CRS of origin (a projected CRS in metres)")
     model: TrajectoryModelConfig = Field(default_factory=TrajectoryModelConfig)
-    language: LanguageModelSettings
     train: TrajectoryTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
-    checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
     inference_batch: int = Field(64, ge=1)
 
     @model_validator(mode="after")
@@ -90,16 +88,9 @@ class TrajectoriesConfig(RunConfig):
             raise ValueError(f"crs {self.crs!r} must be projected (metres), since origin + local metres are added")
         if self.format == "table" and self.input_crs is None:
             raise ValueError("the table format needs input_crs (the CRS of its x/y columns)")
-        if self.train is None and self.checkpoint is None:
-            raise ValueError("give either train (fine-tune first) or checkpoint (use a trained model)")
         if self.fine_tunes and not self.train_files:
             raise ValueError("fine-tuning needs train_files")
         return self
-
-    @property
-    def fine_tunes(self) -> bool:
-        """Whether this run fine-tunes a model (else it applies ``checkpoint``)."""
-        return self.checkpoint is None
 
     @property
     def window_rule(self) -> WindowRule:
