@@ -6,16 +6,25 @@ another in the flow's process: these kinds fit on one machine. The flow run is n
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 
 from allspark.core.config import RunConfig
 from allspark.core.steps import Published
+from allspark.pipelines import get_kind
 from flows.common import run_steps
 
 
 @flow(name="files", log_prints=True)
-def file_flow(kind: str, config: RunConfig) -> Published:
-    """Ingest, train (or use the config's checkpoint), predict and publish one run of ``kind``."""
+def file_flow(kind: str, config: Any) -> Published:
+    """Ingest, train (or use the config's checkpoint), predict and publish one run of ``kind``.
+
+    ``config`` is the kind's run config, or its fields (a deployment's parameters): typed
+    ``Any`` for Prefect, since each kind has its own config class, and validated here by that class.
+    """
+    if not isinstance(config, RunConfig):
+        config = get_kind(kind).config_class().model_validate(config)
     return run_steps(kind, config)
 
 

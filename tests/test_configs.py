@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 import allspark
 from allspark import errors
@@ -225,16 +226,33 @@ def test_the_class_scan_finds_every_error_class_in_the_source():
     assert source <= {cls.__name__ for cls in library_exception_classes()}
 
 
-# ModalityInputError (allspark/model/inputs.py) derives from ValueError only: a library bug reported to the lead.
-KNOWN_OUTSIDE = {"allspark.model.inputs.ModalityInputError"}
-
-
 @pytest.mark.parametrize(
-    "error_class",
-    [pytest.param(cls, marks=pytest.mark.xfail(strict=True, reason="not yet rooted in AllSparkError"))
-     if f"{cls.__module__}.{cls.__name__}" in KNOWN_OUTSIDE else cls
-     for cls in library_exception_classes()],
-    ids=lambda cls: f"{cls.__module__}.{cls.__name__}",
+    "error_class", library_exception_classes(), ids=lambda cls: f"{cls.__module__}.{cls.__name__}",
 )
 def test_every_exception_class_of_the_library_derives_from_allspark_error(error_class):
     assert issubclass(error_class, AllSparkError)
+
+
+# -- the deployments: what `make serve` registers fits the flows it runs --------------------------------
+
+
+def test_every_deployments_parameters_fit_its_flow():
+    """The server checks a deployment's parameters against its flow's schema, and a run validates them
+    into the flow's types: the config must come out as its kind's config, unchanged (not as the base class)."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.schema_tools import validate
+
+    from flows.deployments import PROJECT as FLOWS_PROJECT
+    from flows.deployments import all_deployments
+
+    deployments = all_deployments()
+    assert {d.entrypoint for d in deployments} == {"flows/region_aoi.py:region_aoi_flow", "flows/files.py:file_flow"}
+    for deployment in deployments:
+        flow = load_flow_from_entrypoint(str(FLOWS_PROJECT / deployment.entrypoint))
+        problems = validate(deployment.parameters, flow.parameters.model_dump_for_openapi(), ignore_required=False)
+        assert not problems, f"{deployment.name}: {[p.message[:200] for p in problems]}"
+        config = flow.validate_parameters(deployment.parameters)["config"]  # what a run of it does first
+        if isinstance(config, BaseModel):  # coerced by the flow's annotation: into the kind's config, unchanged
+            kind = deployment.parameters.get("kind", "region")
+            assert type(config) is get_kind(kind).config_class(), (deployment.name, type(config))
+            assert config.model_dump(mode="json") == deployment.parameters["config"]

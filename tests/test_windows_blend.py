@@ -124,7 +124,8 @@ def test_the_map_does_not_depend_on_the_block_size():
         mean = np.nanmean(chips, axis=(1, 2, 3))[:, None, None, None]
         return np.where(np.isfinite(chips[:, :1]), np.tanh(chips[:, :1] + mean), np.nan).astype("float32")
 
-    maps = [blend_by_blocks(pixels, 16, 4, by, bx, chip_dependent) for by, bx in ((16, 16), (32, 32), (70, 53), (9, 13))]
+    blocks = ((16, 16), (32, 32), (70, 53), (9, 13))
+    maps = [blend_by_blocks(pixels, 16, 4, by, bx, chip_dependent) for by, bx in blocks]
     for other in maps[1:]:
         np.testing.assert_allclose(other, maps[0], rtol=1e-6, atol=1e-6, equal_nan=True)
     assert np.isnan(maps[0][:, :20, :25]).all() and np.isfinite(maps[0][:, 20:, :]).all()

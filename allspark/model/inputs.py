@@ -14,10 +14,12 @@ from typing import Literal
 
 import torch
 
+from allspark.errors import InputError
+
 DType = Literal["float", "int", "bool"]
 
 
-class ModalityInputError(ValueError):
+class ModalityInputError(InputError):
     """An input does not have the form its modality expects."""
 
     def __init__(self, modality: str, message: str, expected: str) -> None:
