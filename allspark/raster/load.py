@@ -267,7 +267,10 @@ def _reduce_time(raw: xr.DataArray, bands: Sequence[BandSpec], encoding: Encodin
         return raw.isel(time=0, drop=True)
     valid = raw if not encoding.is_integer else raw.where(raw != encoding.nodata)
     if composite == "median":
-        reduced = valid.chunk({"time": -1}).median("time", skipna=True)
+        reduced = xr.apply_ufunc(
+            _median_of_valid, valid.chunk({"time": -1}), input_core_dims=[["time"]], dask="parallelized",
+            output_dtypes=["float32"],
+        )
     elif composite == "first":
         reduced = valid.isel(time=0, drop=True)
         for t in range(1, valid.sizes["time"]):
@@ -277,6 +280,16 @@ def _reduce_time(raw: xr.DataArray, bands: Sequence[BandSpec], encoding: Encodin
     if encoding.is_integer:
         reduced = reduced.round().fillna(encoding.nodata).astype(encoding.dtype)
     return reduced
+
+
+def _median_of_valid(values: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN, by one sort (NaN sorts last): several times faster than
+    ``np.nanmedian`` over a short time axis. All-NaN gives NaN."""
+    ordered = np.sort(values.astype("float32", copy=False), axis=-1)
+    count = np.isfinite(ordered).sum(axis=-1, keepdims=True)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=-1)
+    high = np.take_along_axis(ordered, count // 2 * (count > 0), axis=-1)
+    return np.where(count > 0, (low + high) / 2, np.nan)[..., 0]
 
 
 def _item_epsg(item: pystac.Item) -> int:

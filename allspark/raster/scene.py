@@ -30,8 +30,10 @@ from allspark.raster.catalog import BandSpec
 from allspark.raster.load import Encoding, physical_values
 from allspark.raster.windows import Window, windows
 
-COMPRESSORS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),)
-"""zstd at a low level: about the size of the source COGs' deflate, and fast to write."""
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
+"""zstd at level 1 with byte shuffle: measured on the benchmark mosaic (6 x 4096^2 uint16), 60 MB
+against the source COGs' 103 MB, written in 1.3 s on 2 cores, where level 3 with bit shuffle took 2.1 s for
+the same size and LZ4 1.1 s for 75 MB."""
 
 
 class Scene(BaseModel):
