@@ -67,8 +67,7 @@ def scene_chips(config) -> tuple[np.ndarray, list[float], dict]:
     """
     import shutil
 
-    from allspark.raster.scene import open_scene, read_values
-    from allspark.raster.windows import chip_origins, cut_chips
+    from allspark.raster.scene import block_chips, open_scene
     from allspark.region import steps
 
     ingested = steps.ingest(config, log=lambda *_: None)
@@ -77,14 +76,7 @@ def scene_chips(config) -> tuple[np.ndarray, list[float], dict]:
         size, overlap = config.chips.size, config.chips.overlap
         parts = []
         for window in scene.blocks():
-            rows, cols = chip_origins(window, scene.height, scene.width, size, overlap)
-            top, left = int(rows.min()), int(cols.min())
-            halo = {"y": slice(top, min(scene.height, int(rows.max()) + size)),
-                    "x": slice(left, min(scene.width, int(cols.max()) + size))}
-            values = read_values(scene, dn, halo)
-            values = np.pad(values, ((0, 0), (0, max(0, size - values.shape[1])), (0, max(0, size - values.shape[2]))),
-                            constant_values=np.nan)
-            chips = cut_chips(values, rows - top, cols - left, size)
+            chips, _, _ = block_chips(scene, dn, window, size, overlap)
             parts.append(chips[np.isfinite(chips).any(axis=(1, 2, 3))])
         info = {"height": scene.height, "width": scene.width, "blocks": len(scene.blocks())}
         return np.concatenate(parts), [b.center_wavelength for b in scene.bands], info

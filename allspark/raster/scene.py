@@ -28,7 +28,7 @@ from zarr.codecs import BloscCodec
 from allspark.core.atomic import atomic_dir, atomic_file
 from allspark.raster.catalog import BandSpec
 from allspark.raster.load import Encoding, physical_values
-from allspark.raster.windows import Window, windows
+from allspark.raster.windows import Window, chip_origins, cut_chips, windows
 
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),)
 """zstd at level 1 with byte shuffle: measured on the benchmark mosaic (6 x 4096^2 uint16), 60 MB
@@ -123,6 +123,22 @@ def valid_pixels(store: Path) -> int:
 def read_values(scene: Scene, dn: zarr.Array, window: Window) -> np.ndarray:
     """float32 physical values ``(band, y, x)`` of a window (NaN where no data)."""
     return physical_values(dn[:, window["y"], window["x"]], scene.bands, scene.encoding)
+
+
+def block_chips(scene: Scene, dn: zarr.Array, window: Window, size: int, overlap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene-wide chips over a block, cut in memory from the block plus its halo, and their origins.
+
+    Returns ``(chips, rows, cols)``: ``(n, band, size, size)`` physical values (NaN for no data) and the
+    chips' scene origins. The layout is the scene's (:func:`chip_origins`), whatever the block.
+    """
+    rows, cols = chip_origins(window, scene.height, scene.width, size, overlap)
+    top, left = int(rows.min()), int(cols.min())
+    halo = {"y": slice(top, min(scene.height, int(rows.max()) + size)),
+            "x": slice(left, min(scene.width, int(cols.max()) + size))}
+    values = read_values(scene, dn, halo)
+    values = np.pad(values, ((0, 0), (0, max(0, size - values.shape[1])), (0, max(0, size - values.shape[2]))),
+                    constant_values=np.nan)  # a scene smaller than one chip
+    return cut_chips(values, rows - top, cols - left, size), rows, cols
 
 
 def create_probabilities(store: Path, scene: Scene, classes: int) -> None:

@@ -45,6 +45,7 @@ from allspark.raster.blend import blend
 from allspark.raster.load import load_stack, no_data_error, physical_values
 from allspark.raster.scene import (
     Scene,
+    block_chips,
     create_probabilities,
     open_scene,
     pending_blocks,
@@ -54,7 +55,7 @@ from allspark.raster.scene import (
     write_block,
     write_scene,
 )
-from allspark.raster.windows import Window, chip_origins, cut_chips
+from allspark.raster.windows import Window
 from allspark.region.config import RegionConfig
 from allspark.region.inputs import Normalizer, classification_metrics, fine_tune, predict_chips
 from allspark.region.read import (
@@ -198,14 +199,7 @@ def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: 
     """
     bundle = load_bundle(checkpoint, Normalizer)
     scene, dn = open_scene(scene_store)
-    rows, cols = chip_origins(window, scene.height, scene.width, size, overlap)
-    top, left = int(rows.min()), int(cols.min())
-    halo = {"y": slice(top, min(scene.height, int(rows.max()) + size)),
-            "x": slice(left, min(scene.width, int(cols.max()) + size))}
-    values = read_values(scene, dn, halo)
-    values = np.pad(values, ((0, 0), (0, max(0, size - values.shape[1])), (0, max(0, size - values.shape[2]))),
-                    constant_values=np.nan)  # a scene smaller than one chip
-    chips = cut_chips(values, rows - top, cols - left, size)
+    chips, rows, cols = block_chips(scene, dn, window, size, overlap)
     valid = np.isfinite(chips).any(axis=(1, 2, 3))
     probabilities = predict_chips(bundle.model, bundle.preprocessing, chips[valid],
                                   [b.center_wavelength for b in scene.bands], batch_size)
