@@ -134,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--catalog", help="catalog name under catalogs/ or a catalog YAML path")
     region.add_argument("--aoi", help="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat")
     region.add_argument("--datetime", help="START/END, ISO 8601 dates")
-    region.add_argument("--loader", choices=["odc", "stackstac"])
+    region.add_argument("--loader", choices=["auto", "rasterio", "odc", "stackstac"])
     region.add_argument("--output-dir", type=Path)
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")

@@ -60,7 +60,7 @@ def encoding(demo) -> Encoding:
 @pytest.fixture(scope="module")
 def stacks(demo, encoding) -> dict[str, xr.DataArray]:
     items, bands = demo
-    return {loader: load_stack(items, bands, encoding, loader=loader) for loader in ("odc", "stackstac")}
+    return {loader: load_stack(items, bands, encoding, loader=loader) for loader in ("rasterio", "odc", "stackstac")}
 
 
 def test_mixed_source_dtypes_are_stored_as_float(demo, encoding: Encoding) -> None:
@@ -80,8 +80,8 @@ def test_mixed_source_dtypes_are_stored_as_float(demo, encoding: Encoding) -> No
 
 
 def test_loaders_agree_on_the_demo_item(stacks: dict[str, xr.DataArray]) -> None:
-    odc, sst = stacks["odc"], stacks["stackstac"]
-    for stack in (odc, sst):
+    odc, sst, rio = stacks["odc"], stacks["stackstac"], stacks["rasterio"]
+    for stack in (odc, sst, rio):
         assert stack.dims == ("band", "y", "x") and stack.shape == (6, 443, 489)
         assert stack.dtype == np.float32 and isinstance(stack.data, dask.array.Array)
         assert list(stack["band"].values) == BANDS
@@ -93,6 +93,47 @@ def test_loaders_agree_on_the_demo_item(stacks: dict[str, xr.DataArray]) -> None
     xr.testing.assert_identical(odc["y"], sst["y"])
     assert odc.x.values[0] == 630534.0 + 14.25  # pixel centres
     np.testing.assert_allclose(odc.values, sst.values, equal_nan=True)
+    np.testing.assert_array_equal(rio.values, odc.values)  # plain windows give odc-stac's pixels exactly
+    xr.testing.assert_identical(rio["x"], odc["x"])
+
+
+def test_auto_reads_windows_on_the_grid_and_resamples_off_it(demo, encoding) -> None:
+    """The demo item lies on its native grid: "auto" reads it with rasterio windows (no odc-stac task
+    in the graph). On another pixel size it needs resampling: "auto" takes odc-stac, and "rasterio"
+    is refused with the reason."""
+    items, bands = demo
+
+    def read_by_windows(stack: xr.DataArray) -> bool:
+        return any(name.startswith("rasterio-windows-") for name in stack.data.__dask_graph__().layers)
+
+    assert read_by_windows(load_stack(items, bands[:1], encoding))
+    coarse = load_stack(items, bands[:1], encoding, resolution=57.0)
+    assert coarse.shape[1:] == (222, 245) and not read_by_windows(coarse)
+    with pytest.raises(CatalogError, match="on the output grid"):
+        load_stack(items, bands[:1], encoding, loader="rasterio", resolution=57.0)
+
+
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0.0), ("int16", -32768.0), ("float32", float("nan"))])
+@pytest.mark.parametrize("dates", [2, 3, 4, 7, 20])
+def test_median_over_dates_matches_nanmedian(dtype: str, nodata: float, dates: int) -> None:
+    """The min/max-network median (and the sort for long stacks) equals numpy's nanmedian over the
+    valid values, rounded half to even for integer storage; no valid value gives nodata."""
+    from allspark.raster.load import _median_of_valid
+
+    rng = np.random.default_rng(dates)
+    values = rng.integers(1, 40, (dates, 2, 30, 40)).astype(dtype)
+    values[rng.random(values.shape) < 0.35] = nodata
+    values[:, 0, 0, 0] = nodata  # a pixel without any valid date
+    reference = values.astype("float64")
+    if dtype != "float32":
+        reference[values == nodata] = np.nan
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmedian(reference, axis=0)
+    if dtype != "float32":
+        expected = np.where(np.isnan(expected), nodata, np.round(expected)).astype(dtype)
+    median = _median_of_valid(values, Encoding(dtype, nodata))
+    assert median.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(median, expected)
 
 
 def test_values_are_the_source_pixels_with_nodata_as_nan(stacks: dict[str, xr.DataArray]) -> None:
@@ -119,7 +160,7 @@ def test_load_is_lazy(demo, encoding) -> None:
     assert isinstance(stack.data, dask.array.Array)
 
 
-@pytest.mark.parametrize("loader", ["odc", "stackstac"])
+@pytest.mark.parametrize("loader", ["rasterio", "odc", "stackstac"])
 def test_bbox_clip_scale_offset(demo, encoding, stacks: dict[str, xr.DataArray], loader: str) -> None:
     items, bands = demo
     scaled = [b.model_copy(update={"scale": 0.5, "offset": 1.0}) for b in bands[:2]]
@@ -148,7 +189,7 @@ def _shifted_item(item: pystac.Item, root: Path, day: int, add: float, blank_row
     return clone
 
 
-@pytest.mark.parametrize("loader", ["odc", "stackstac"])
+@pytest.mark.parametrize("loader", ["rasterio", "odc", "stackstac"])
 def test_composites_over_overlapping_items(demo, encoding, tmp_path: Path, loader: str) -> None:
     items, bands = demo
     late = _shifted_item(items[0], tmp_path, day=20, add=20, blank_rows=0)
@@ -215,7 +256,7 @@ def uint16_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[pystac.I
     return items, bands, expected
 
 
-@pytest.mark.parametrize("loader", ["odc", "stackstac"])
+@pytest.mark.parametrize("loader", ["rasterio", "odc", "stackstac"])
 def test_integer_sources_load_as_their_own_dtype(uint16_demo, loader: str) -> None:
     items, bands, expected = uint16_demo
     assert {(b.scale, b.offset, b.nodata) for b in bands} == {(UINT16_SCALE, UINT16_OFFSET, 0)}
@@ -244,7 +285,7 @@ def test_scene_store_holds_each_pixel_once_in_the_source_dtype(uint16_demo, tmp_
     group = zarr.open_group(tmp_path / "scene.zarr", mode="r")
     assert [name for name, _ in group.arrays()] == ["dn"]
     assert dn.dtype == np.uint16 and dn.shape == (len(scene.bands), scene.height, scene.width) == (6, 96, 96)
-    assert dn.chunks == (6, 40, 40) and dn.fill_value == 0
+    assert dn.chunks == (6, 480, 480) and dn.fill_value == 0  # whole 40-px blocks, about SCENE_CHUNK px
     assert dn.metadata.dimension_names == ("band", "y", "x")
     np.testing.assert_array_equal(dn[:], raster.values)
     assert (scene.transform, scene.crs) == (tuple(raster.rio.transform())[:6], "EPSG:32119")

@@ -18,7 +18,7 @@ from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
 from allspark.core.steps import run_pipeline, serial_map
-from allspark.raster.scene import create_probabilities, open_scene, pending_blocks, read_chip_tables, read_values
+from allspark.raster.scene import SCENE_CHUNK, create_probabilities, open_scene, pending_blocks, read_chip_tables, read_values
 from allspark.region import steps
 from tests.conftest import shared_data, task_states
 from tests.regions import crop_source, quick_config, small_catalog
@@ -174,7 +174,8 @@ def test_the_map_does_not_depend_on_the_block_size(first_run, tmp_path):
         ingested = steps.ingest(config, log=lambda _: None)
         predicted = steps.predict(config, ingested, steps.train(config, ingested))
         assert predicted.summary["blocks"] == predicted.summary["blocks_predicted"] == len(range(0, 96, block)) ** 2
-        assert open_scene(ingested.store)[1].chunks == (6, block, block)
+        chunk = block * (SCENE_CHUNK // block)  # the store's chunks hold whole blocks
+        assert open_scene(ingested.store)[1].chunks == (6, chunk, chunk)
         table = read_chip_tables(predicted.store).sort_values(["row", "col"], ignore_index=True)
         results.append((probabilities_of(predicted), table))
     (first, first_chips), others = results[0], results[1:]
@@ -213,7 +214,9 @@ def test_a_killed_inference_resumes_exactly(first_run, tmp_path):
 
     predicted = steps.predict(config, ingested, trained, mapper=spy)
     assert predicted.store == store
-    assert predicted_windows == expected_pending  # only the others, each once
+    assert sorted(map(scene.block_id, predicted_windows)) == sorted(map(scene.block_id, expected_pending))  # each once
+    areas = [(w["y"].stop - w["y"].start) * (w["x"].stop - w["x"].start) for w in predicted_windows]
+    assert areas == sorted(areas, reverse=True)  # largest first: short blocks fill in at the end
     assert predicted.summary["blocks_predicted"] == 6 and predicted.summary["blocks_done_before"] == 3
     assert pending_blocks(store, scene) == []
     assert {k: (store / "blocks" / f"{k}.parquet").stat().st_mtime_ns for k in finished} == finished

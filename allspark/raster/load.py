@@ -1,8 +1,11 @@
 """Lazy loading of STAC items into one dask-backed ``(band, y, x)`` array of digital numbers.
 
-Two readers are offered, odc-stac (default) and stackstac. The output grid (CRS, resolution,
-snapped bounds) is computed here and handed to both, so they return the same pixels on the same
-coordinates. Pixels stay digital numbers (DN) in a storage dtype chosen by :func:`storage_encoding`:
+Three readers are offered. When every asset already lies on the output grid (same CRS and pixel
+size, whole-pixel offsets: the usual case of one scene or a stack of one tile's dates), plain
+rasterio windowed reads return its pixels with no resampling machinery ("rasterio"); otherwise
+odc-stac ("odc") or stackstac reproject and resample. ``"auto"`` picks the first that applies. The
+output grid (CRS, resolution, snapped bounds) is computed here and handed to all three, so they
+return the same pixels on the same coordinates. Pixels stay digital numbers (DN) in a storage dtype chosen by :func:`storage_encoding`:
 the assets' own integer dtype with their shared nodata value where they have one (no float copy
 of the scene is ever made), else float32 with NaN for nodata. Several overlapping items are
 reduced to one image by a per-pixel median (or the first valid observation). Physical values
@@ -31,10 +34,12 @@ from rasterio.windows import Window
 from allspark.errors import CatalogError, InputError, NoDataError
 from allspark.raster.catalog import BandSpec, MissingBandError
 
-Loader = Literal["odc", "stackstac"]
+Loader = Literal["auto", "rasterio", "odc", "stackstac"]
 Composite = Literal["median", "first"]
 
 _SNAP_TOLERANCE = 1e-6  # fraction of a pixel ignored when snapping bounds to the pixel grid
+LOADER_CHUNK_BYTES = 64 * 2**20  # DNs per loaded chunk, all dates and bands (see loader_chunk)
+_SORTING_NETWORK_DATES = 16  # up to this many dates, medians come from a min/max network (see _median_of_valid)
 
 
 class CorruptAssetError(InputError):
@@ -119,7 +124,7 @@ def load_stack(
     bands: Sequence[BandSpec],
     encoding: Encoding,
     *,
-    loader: Loader = "odc",
+    loader: Loader = "auto",
     bbox_4326: tuple[float, float, float, float] | None = None,
     crs: str | int | None = None,
     resolution: float | None = None,
@@ -144,12 +149,18 @@ def load_stack(
     items = sorted(items, key=lambda item: (item.datetime or item.common_metadata.start_datetime, item.id))
     grid = output_grid(items, bands, bbox_4326=bbox_4326, crs=crs, resolution=resolution)
     assets = list(dict.fromkeys(b.asset for b in bands))
-    if loader == "odc":
+    placed = _placed_on_grid(items, assets, grid) if loader in ("auto", "rasterio") else None
+    if loader == "rasterio" and placed is None:
+        raise CatalogError("loader 'rasterio' reads only assets on the output grid (same CRS and pixel size, whole-pixel "
+                           "offsets); use 'auto', 'odc' or 'stackstac' to resample")
+    if placed is not None:
+        raw = _load_rasterio(placed, assets, grid, encoding, chunks)
+    elif loader in ("auto", "odc"):
         raw = _load_odc(items, assets, grid, encoding, chunks)
     elif loader == "stackstac":
         raw = _load_stackstac(items, assets, grid, encoding, chunks)
     else:
-        raise CatalogError(f"loader must be 'odc' or 'stackstac', got {loader!r}")
+        raise CatalogError(f"loader must be 'auto', 'rasterio', 'odc' or 'stackstac', got {loader!r}")
     raw = raw.reset_coords(drop=True).transpose("time", "band", "y", "x").sel(band=[b.asset for b in bands])
     if raw.shape[-2:] != grid.shape:
         raise RuntimeError(f"{loader} returned a {raw.shape[-2:]} grid, expected {grid.shape}")
@@ -165,6 +176,17 @@ def load_stack(
     stack.attrs = {"stac_items": [item.id for item in items]}
     stack = stack.rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_crs(f"EPSG:{grid.epsg}")
     return stack.rio.write_transform(grid.transform).rio.write_nodata(encoding.nodata, encoded=False)
+
+
+def loader_chunk(planes: int, itemsize: int, multiple: int, budget: int = LOADER_CHUNK_BYTES) -> int:
+    """Side in px of the square chunks to load: about ``budget`` bytes over ``planes`` (dates x bands),
+    a whole number of ``multiple`` px (the store's chunk), at least one.
+
+    Larger chunks open each file fewer times (each open costs about 2 ms) and write faster; the
+    budget bounds the memory of a chunk and of its median over dates.
+    """
+    side = math.isqrt(budget // max(1, planes * itemsize))
+    return max(multiple, side // multiple * multiple)
 
 
 def physical_values(dn: np.ndarray, bands: Sequence[BandSpec], encoding: Encoding) -> np.ndarray:
@@ -225,6 +247,85 @@ def _snap(value: float, resolution: float, *, up: bool) -> float:
     return (math.ceil(steps - _SNAP_TOLERANCE) if up else math.floor(steps + _SNAP_TOLERANCE)) * resolution
 
 
+@dataclass(frozen=True)
+class _PlacedAsset:
+    """An asset file lying on the output grid: its top-left corner in grid pixels and its size."""
+
+    href: str
+    row: int
+    col: int
+    height: int
+    width: int
+
+
+def _placed_on_grid(items: Sequence[pystac.Item], assets: list[str], grid: Grid) -> list[list[_PlacedAsset]] | None:
+    """Each item's assets placed on ``grid``, or None when one needs resampling (other CRS, pixel size or
+    a fraction-of-a-pixel offset). Opens each file once for its header."""
+    placed = []
+    for item in items:
+        row = []
+        for asset in assets:
+            href = item.assets[asset].get_absolute_href() or item.assets[asset].href
+            with rasterio.open(href) as src:
+                a, b, c, d, e, f = tuple(src.transform)[:6]
+                if src.crs is None or src.crs.to_epsg() != grid.epsg or b or d or \
+                        not math.isclose(a, grid.resolution, rel_tol=1e-9) or \
+                        not math.isclose(-e, grid.resolution, rel_tol=1e-9):
+                    return None
+                col, top = (c - grid.bounds[0]) / grid.resolution, (grid.bounds[3] - f) / grid.resolution
+                if abs(col - round(col)) > _SNAP_TOLERANCE or abs(top - round(top)) > _SNAP_TOLERANCE:
+                    return None
+                row.append(_PlacedAsset(href, round(top), round(col), src.height, src.width))
+        placed.append(row)
+    return placed
+
+
+class _GridReader:
+    """A ``(time, band, y, x)`` array-like over assets on the output grid; indexing reads the window.
+
+    Dask calls it once per chunk; each read opens the files it needs (GDAL's open of a COG reads
+    only its header) and decodes only the tiles under the window. Pixels outside an asset are nodata.
+    """
+
+    def __init__(self, placed: list[list[_PlacedAsset]], shape: tuple[int, int], encoding: Encoding):
+        self.placed, self.encoding = placed, encoding
+        self.shape = (len(placed), len(placed[0]), *shape)
+        self.dtype, self.ndim = np.dtype(encoding.dtype), 4
+
+    def __dask_tokenize__(self) -> tuple:
+        return (self.placed, self.shape, self.encoding.dtype, str(self.encoding.nodata))
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        times, bands, (top, bottom, _), (left, right, _) = (
+            range(*k.indices(n)) if i < 2 else k.indices(n) for i, (k, n) in enumerate(zip(key, self.shape)))
+        out = np.full((len(times), len(bands), bottom - top, right - left), self.encoding.nodata, self.dtype)
+        for i, time in enumerate(times):
+            for j, band in enumerate(bands):
+                asset = self.placed[time][band]
+                rows = slice(max(top, asset.row), min(bottom, asset.row + asset.height))
+                cols = slice(max(left, asset.col), min(right, asset.col + asset.width))
+                if rows.start >= rows.stop or cols.start >= cols.stop:
+                    continue
+                window = Window(cols.start - asset.col, rows.start - asset.row,
+                                cols.stop - cols.start, rows.stop - rows.start)
+                with rasterio.open(asset.href) as src:
+                    out[i, j, rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = src.read(
+                        1, window=window, out_dtype=self.dtype)
+        return out
+
+
+def _load_rasterio(placed: list[list[_PlacedAsset]], assets: list[str], grid: Grid, encoding: Encoding,
+                   chunks: int) -> xr.DataArray:
+    import dask.array as dsa
+    import dask.base
+
+    reader = _GridReader(placed, grid.shape, encoding)
+    data = dsa.from_array(reader, chunks=(len(placed), len(assets), chunks, chunks),  # all dates: no concatenation
+                          asarray=False, lock=False, meta=np.empty((0, 0, 0, 0), reader.dtype),
+                          name=f"rasterio-windows-{dask.base.tokenize(reader)}")
+    return xr.DataArray(data, dims=("time", "band", "y", "x"), coords={"band": assets})
+
+
 def _load_odc(items: Sequence[pystac.Item], assets: list[str], grid: Grid, encoding: Encoding,
               chunks: int) -> xr.DataArray:
     import odc.stac
@@ -258,38 +359,66 @@ def _reduce_time(raw: xr.DataArray, bands: Sequence[BandSpec], encoding: Encodin
     """One image of DNs from the time slices: per-pixel median over valid values, or the first valid value.
 
     Float storage masks each band's own nodata value to NaN here; integer storage already holds its
-    one nodata value, and a median (a float) is rounded back to the storage dtype.
+    one nodata value and stays integer (a median, a float, is rounded back to the storage dtype).
     """
     if not encoding.is_integer:
         band_nodata = xr.DataArray([np.nan if b.nodata is None else b.nodata for b in bands], dims="band")
         raw = raw.where(raw != band_nodata)
     if raw.sizes["time"] == 1:
         return raw.isel(time=0, drop=True)
-    valid = raw if not encoding.is_integer else raw.where(raw != encoding.nodata)
     if composite == "median":
-        reduced = xr.apply_ufunc(
-            _median_of_valid, valid.chunk({"time": -1}), input_core_dims=[["time"]], dask="parallelized",
-            output_dtypes=["float32"],
-        )
-    elif composite == "first":
-        reduced = valid.isel(time=0, drop=True)
-        for t in range(1, valid.sizes["time"]):
-            reduced = reduced.fillna(valid.isel(time=t, drop=True))
+        data = raw.chunk({"time": -1}).data.map_blocks(_median_of_valid, encoding, drop_axis=0, dtype=encoding.dtype)
+        return xr.DataArray(data, dims=raw.dims[1:], coords={k: v for k, v in raw.coords.items() if k != "time"})
+    if composite == "first":
+        reduced = raw.isel(time=0, drop=True)
+        for t in range(1, raw.sizes["time"]):
+            later = raw.isel(time=t, drop=True)
+            reduced = reduced.fillna(later) if not encoding.is_integer else reduced.where(reduced != encoding.nodata, later)
+        return reduced
+    raise CatalogError(f"composite must be 'median' or 'first', got {composite!r}")
+
+
+def _median_of_valid(values: np.ndarray, encoding: Encoding) -> np.ndarray:
+    """Per-pixel median over the first axis (time) of valid DNs, in ``encoding`` (nodata where none is valid).
+
+    Works in the storage dtype, over whole images: invalid values are replaced by the dtype's largest
+    value (+inf for floats), so they sort last; a short time axis is ordered by an odd-even
+    transposition network of element-wise min/max (a long one by ``np.sort``); the middle one or
+    two of each pixel's valid values are picked by its count. Even counts give the mean of the
+    middle two, rounded half to even for integer storage. Several times faster than a sort per pixel.
+    """
+    dtype = np.dtype(encoding.dtype)
+    invalid = values == encoding.nodata if encoding.is_integer else np.isnan(values)
+    last = np.iinfo(dtype).max if encoding.is_integer else np.inf
+    ordered = list(np.where(invalid, dtype.type(last), values.astype(dtype, copy=False)))
+    count = (len(ordered) - invalid.sum(axis=0, dtype=np.int32)).astype(np.uint8 if len(ordered) < 256 else np.int32)
+    if len(ordered) <= _SORTING_NETWORK_DATES:
+        spare = np.empty_like(ordered[0])  # in-place exchanges: no new image per step
+        for round_ in range(len(ordered)):
+            for i in range(round_ % 2, len(ordered) - 1, 2):
+                np.minimum(ordered[i], ordered[i + 1], out=spare)
+                np.maximum(ordered[i], ordered[i + 1], out=ordered[i + 1])
+                ordered[i], spare = spare, ordered[i]
     else:
-        raise CatalogError(f"composite must be 'median' or 'first', got {composite!r}")
+        ordered = list(np.moveaxis(np.sort(np.moveaxis(np.stack(ordered), 0, -1), axis=-1), -1, 0))
+
+    def nth_valid(index: np.ndarray) -> np.ndarray:
+        picked = ordered[0]
+        for k in range(1, int(index.max(initial=0)) + 1):
+            picked = np.where(index == k, ordered[k], picked)
+        return picked
+
+    low, high = nth_valid((np.maximum(count, 1) - 1) >> 1), nth_valid(count >> 1)
     if encoding.is_integer:
-        reduced = reduced.round().fillna(encoding.nodata).astype(encoding.dtype)
-    return reduced
-
-
-def _median_of_valid(values: np.ndarray) -> np.ndarray:
-    """Median over the last axis ignoring NaN, by one sort (NaN sorts last): several times faster than
-    ``np.nanmedian`` over a short time axis. All-NaN gives NaN."""
-    ordered = np.sort(values.astype("float32", copy=False), axis=-1)
-    count = np.isfinite(ordered).sum(axis=-1, keepdims=True)
-    low = np.take_along_axis(ordered, np.maximum(count - 1, 0) // 2, axis=-1)
-    high = np.take_along_axis(ordered, count // 2 * (count > 0), axis=-1)
-    return np.where(count > 0, (low + high) / 2, np.nan)[..., 0]
+        total = low.astype(np.int64 if dtype.itemsize >= 4 else np.int32)
+        total += high
+        median = total >> 1  # floor; an odd total (x.5) rounds to the even neighbour
+        median += total & median & 1
+    else:
+        median = low + high
+        median /= 2
+    median[count == 0] = encoding.nodata
+    return median.astype(dtype, copy=False)
 
 
 def _item_epsg(item: pystac.Item) -> int:

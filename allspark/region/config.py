@@ -100,7 +100,8 @@ class RegionConfig(ModelRunConfig):
     aoi: str | None = Field(None, description="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat; none = all.")
     datetime: tuple[str, str] | None = Field(None, description="Inclusive date range, ISO 8601.")
     bands: list[str] = Field(default_factory=lambda: ["B1", "B2", "B3", "B4", "B5", "B7"], min_length=1)
-    loader: Literal["odc", "stackstac"] = "odc"
+    loader: Literal["auto", "rasterio", "odc", "stackstac"] = Field(
+        "auto", description="Pixel reader: rasterio windows when the assets lie on the output grid, else odc-stac (auto).")
     composite: Literal["median", "first"] = "median"
     resolution: float | None = Field(None, gt=0, description="Output pixel size in CRS units; none = native.")
     chips: ChipConfig = Field(default_factory=ChipConfig)

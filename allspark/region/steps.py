@@ -42,9 +42,10 @@ from allspark.core.storage import check_writable, folder_lock, work_dir
 from allspark.errors import ConfigError
 from allspark.raster import outputs
 from allspark.raster.blend import blend
-from allspark.raster.load import load_stack, no_data_error, physical_values
+from allspark.raster.load import load_stack, loader_chunk, no_data_error, physical_values
 from allspark.raster.scene import (
     Scene,
+    scene_chunk,
     block_chips,
     create_probabilities,
     open_scene,
@@ -73,7 +74,6 @@ from allspark.settings import work_root
 SCENE_STORE = "scene.zarr"
 MODEL_DIR = "model"
 HOLDOUT_FILE = "holdout_pixels.json"
-LOADER_CHUNK = 1024  # px; 512 px chunks read 2x slower (per-chunk overhead)
 
 
 # -- ingest ---------------------------------------------------------------------------------------
@@ -82,6 +82,12 @@ LOADER_CHUNK = 1024  # px; 512 px chunks read 2x slower (per-chunk overhead)
 def plan(config: RegionConfig) -> RegionPlan:
     """The run's plan (search and input checks) from its config: about a second, nothing written."""
     return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+
+
+def scene_loader_chunk(config: RegionConfig, plan: RegionPlan) -> int:
+    """The loader's chunk side for this plan: whole store chunks, about 64 MiB of DNs over all dates and bands."""
+    return loader_chunk(len(plan.items) * len(plan.bands), np.dtype(plan.dtype).itemsize,
+                        scene_chunk(config.chips.block))
 
 
 def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
@@ -104,7 +110,7 @@ def ingest(config: RegionConfig, log: Log = print) -> Ingested:
         raster = load_stack(
             region_plan.pystac_items(), region_plan.bands, region_plan.encoding, loader=config.loader,
             bbox_4326=region_plan.aoi_bbox, resolution=config.resolution, composite=config.composite,
-            chunks=max(LOADER_CHUNK, config.chips.block),
+            chunks=scene_loader_chunk(config, region_plan),
         )
         scene, _ = write_scene(raster, region_plan.bands, region_plan.encoding, store, config.chips.block)
         release_freed_memory()
@@ -178,7 +184,8 @@ def predict(config: RegionConfig, ingested: Ingested, trained: Trained, mapper: 
     scene, _ = open_scene(ingested.store)
     store = ingested.work_dir / f"predictions-{bundle_digest(trained.checkpoint)}.zarr"
     create_probabilities(store, scene, len(config.class_names))
-    pending = pending_blocks(store, scene)
+    # largest first: the small edge blocks fill in at the end, so no worker waits long on the last one
+    pending = sorted(pending_blocks(store, scene), key=_block_area, reverse=True)
     task = functools.partial(predict_block, ingested.store, store, trained.checkpoint, config.chips.size,
                              config.chips.overlap, config.inference_batch)
     chips = sum(mapper(task, pending))
@@ -186,6 +193,10 @@ def predict(config: RegionConfig, ingested: Ingested, trained: Trained, mapper: 
         "blocks": len(scene.blocks()), "blocks_predicted": len(pending),
         "blocks_done_before": len(scene.blocks()) - len(pending), "chips_predicted": chips,
     })
+
+
+def _block_area(window: Window) -> int:
+    return (window["y"].stop - window["y"].start) * (window["x"].stop - window["x"].start)
 
 
 def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: int, overlap: int,
