@@ -7,6 +7,8 @@
     allspark model fetch [--llm smollm2|PATH]
     allspark config show [--config FILE]
     allspark modalities [--json]
+
+A bad input is one line and exit code 2 (``allspark --debug ...`` shows its traceback too).
 """
 
 from __future__ import annotations
@@ -49,9 +51,14 @@ def _print_published(title: str, published: Published) -> None:
 
 
 def _run_region(args: argparse.Namespace) -> int:
-    from flows.region import run_region  # imports Prefect and torch: only when running
+    from allspark.region.read import plan_region
 
     config = load_region_config(args.config, **_region_overrides(args))
+    # the catalog, AOI, dates, bands and assets, checked in a second or two before the orchestrator
+    # starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
+    plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    from flows.region import run_region  # imports Prefect and torch: only when running
+
     published = run_region(config)
     _print_published(f"Outputs of region {config.name!r} in {config.publish_dir.resolve()}:", published)
     metrics = published.metrics
@@ -125,6 +132,7 @@ def _list_modalities(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allspark", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="on a bad input, show the full traceback as well")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a flow").add_subparsers(dest="flow", required=True)
@@ -184,12 +192,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+VALUE_OPTIONS = ("--aoi", "--datetime")
+"""Options whose value may start with a minus sign (a bbox west of Greenwich, a negative year)."""
+
+
+def _attach_values(argv: list[str]) -> list[str]:
+    """``--aoi -78.7,35.7,...`` as ``--aoi=-78.7,35.7,...``: argparse reads a leading ``-`` as an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in VALUE_OPTIONS and token.startswith("-") and not token.startswith("--"):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command; an :class:`AllSparkError` (bad input) is one line and exit code 2, a bug keeps its traceback."""
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_attach_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.handler(args)
     except AllSparkError as err:
+        if args.debug:
+            raise
         print(f"allspark: error: {err}", file=sys.stderr)
         return 2
 

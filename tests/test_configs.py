@@ -18,7 +18,7 @@ from pydantic import BaseModel
 import allspark
 from allspark import errors
 from allspark.core.config import LanguageModelSettings, load_config
-from allspark.errors import AllSparkError, ConfigError
+from allspark.errors import AllSparkError, ConfigError, InputError
 from allspark.pipelines import FILE_KINDS, KINDS, get_kind
 from allspark.raster.catalog import load_catalog_config
 from allspark.region.config import load_region_config
@@ -256,3 +256,39 @@ def test_every_deployments_parameters_fit_its_flow():
             kind = deployment.parameters.get("kind", "region")
             assert type(config) is get_kind(kind).config_class(), (deployment.name, type(config))
             assert config.model_dump(mode="json") == deployment.parameters["config"]
+
+
+def test_a_bbox_west_of_greenwich_is_read_as_the_aoi(monkeypatch):
+    """``--aoi -78.7,...`` starts with a minus sign, which argparse alone takes for an option."""
+    seen = {}
+
+    def run_region(args):
+        seen["aoi"] = args.aoi
+        return 0
+
+    monkeypatch.setattr(cli, "_run_region", run_region)
+    assert cli.main(["run", "region", "--aoi", "-78.70,35.70,-78.65,35.75", "--datetime", "2000-01-01/2000-12-31"]) == 0
+    assert seen["aoi"] == "-78.70,35.70,-78.65,35.75"
+    assert cli._attach_values(["--aoi", "--name", "x"]) == ["--aoi", "--name", "x"]  # an option stays an option
+
+
+def test_a_region_input_error_stops_before_the_orchestrator(monkeypatch, capsys, tmp_path):
+    """An AOI that misses the catalog is refused by the CLI's own check: one line, exit code 2, and
+    the flow (Prefect, Dask, torch) is never started."""
+    import flows.region
+    from tests.conftest import shared_data
+    from tests.regions import small_catalog
+
+    catalog = small_catalog(shared_data("landsat7_nc_labeled"), tmp_path / "catalog")
+
+    def no_flow(config):
+        raise AssertionError("the flow must not start on a bad input")
+
+    monkeypatch.setattr(flows.region, "run_region", no_flow)
+    outputs = tmp_path / "outputs"
+    code = cli.main(["run", "region", "--catalog", str(catalog), "--aoi", "10,10,11,11", "--output-dir", str(outputs)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("allspark: error: AOI with bbox (10.0") and "does not intersect" in err[0], err
+    assert not outputs.exists()
+    with pytest.raises(InputError, match="does not intersect"):  # --debug: the traceback, for a bug report
+        cli.main(["--debug", "run", "region", "--catalog", str(catalog), "--aoi", "10,10,11,11"])
