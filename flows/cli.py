@@ -18,13 +18,14 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
+from typing import get_args
 
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
 from allspark.core.config import load_config
 from allspark.core.steps import Published
 from allspark.errors import AllSparkError, ConfigError
 from allspark.pipelines import FILE_KINDS, get_kind
-from allspark.region.config import load_region_config
+from allspark.region.config import RegionConfig, load_region_config
 from allspark.settings import deployments_dir
 
 
@@ -142,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--catalog", help="catalog name under catalogs/ or a catalog YAML path")
     region.add_argument("--aoi", help="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat")
     region.add_argument("--datetime", help="START/END, ISO 8601 dates")
-    region.add_argument("--loader", choices=["auto", "rasterio", "odc", "stackstac"])
+    region.add_argument("--loader", choices=get_args(RegionConfig.model_fields["loader"].annotation))
     region.add_argument("--output-dir", type=Path)
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
@@ -192,8 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-VALUE_OPTIONS = ("--aoi", "--datetime")
-"""Options whose value may start with a minus sign (a bbox west of Greenwich, a negative year)."""
+VALUE_OPTIONS = ("--aoi",)
+"""Options whose value may start with a minus sign (a bbox west of Greenwich)."""
 
 
 def _attach_values(argv: list[str]) -> list[str]:

@@ -136,9 +136,11 @@ def _smollm2_hf_copy() -> Path:
 
 def _truncate_layers(model: PreTrainedModel, num_layers: int) -> None:
     """Keep only the first ``num_layers`` decoder layers (a cheaper, shallower backbone)."""
+    import torch
+
     decoder = model.get_decoder()
     layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, __import__("torch").nn.ModuleList):
+    if not isinstance(layers, torch.nn.ModuleList):
         raise ValueError(
             f"num_layers is only supported for decoders with a `layers` list; got {type(decoder).__name__}"
         )

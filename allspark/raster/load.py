@@ -5,11 +5,12 @@ size, whole-pixel offsets: the usual case of one scene or a stack of one tile's 
 rasterio windowed reads return its pixels with no resampling machinery ("rasterio"); otherwise
 odc-stac ("odc") or stackstac reproject and resample. ``"auto"`` picks the first that applies. The
 output grid (CRS, resolution, snapped bounds) is computed here and handed to all three, so they
-return the same pixels on the same coordinates. Pixels stay digital numbers (DN) in a storage dtype chosen by :func:`storage_encoding`:
-the assets' own integer dtype with their shared nodata value where they have one (no float copy
-of the scene is ever made), else float32 with NaN for nodata. Several overlapping items are
-reduced to one image by a per-pixel median (or the first valid observation). Physical values
-(``DN * scale + offset``, NaN for nodata) are computed block by block with :func:`physical_values`.
+return the same pixels on the same coordinates. Pixels stay digital numbers (DN) in a storage
+dtype chosen by :func:`storage_encoding`: the assets' own integer dtype with their shared nodata
+value where they have one (no float copy of the scene is ever made), else float32 with NaN for
+nodata. Several overlapping items are reduced to one image by a per-pixel median (or the first
+valid observation). Physical values (``DN * scale + offset``, NaN for nodata) are computed block
+by block with :func:`physical_values`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 The **scene store** holds the loaded raster once, in its storage dtype (e.g. uint16, see
 :func:`allspark.raster.load.storage_encoding`), in square chunks of whole inference blocks (about
 :data:`SCENE_CHUNK` px: fewer, larger chunks write faster and cost inference nothing, which reads a
-block plus its halo wherever it lies); the bands' scale, offset,
-nodata and wavelengths travel with it as one typed :class:`Scene` record. Chips are never stored:
-inference cuts them in memory from a block plus a halo.
+block plus its halo wherever it lies); the bands' scale, offset, nodata and wavelengths travel
+with it as one typed :class:`Scene` record. Chips are never stored: inference cuts them in memory
+from a block plus a halo.
 
 The **probability store** holds per-pixel class probabilities on the scene's grid, in the same
 blocks, and one small table per block of the chips it owns (origin, class, score), written last:
