@@ -3,9 +3,10 @@
 Each kind is a package under ``allspark/`` (``region``, ``sensors``, ``trajectories``,
 ``traffic``) with the same modules: ``config.py`` (its :class:`~allspark.core.config.RunConfig`),
 ``read.py`` (its readers, which take the few values they use), ``inputs.py`` (what turns stored
-data into model inputs, baselines and metrics) and ``steps.py``, which defines the four steps below with these names and these typed results. Steps know nothing of Prefect: a
-notebook, a benchmark and a flow call them the same way, and each is idempotent on the run's work
-folder (a complete store is reused, a missing or partial one rebuilt).
+data into model inputs, baselines and metrics) and ``steps.py``, which defines the four steps
+below with these names and these typed results. Steps know nothing of Prefect: a notebook, a
+benchmark and a flow call them the same way, and each is idempotent on the run's work folder (a
+complete store is reused, a missing or partial one rebuilt).
 
 A step that fans out (region inference over blocks) takes a ``mapper``: the flow passes one that
 runs the pieces as Prefect tasks on Dask; the default runs them in turn in this process.

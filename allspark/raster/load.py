@@ -110,7 +110,7 @@ def check_readable(items: Sequence[pystac.Item], bands: Sequence[BandSpec]) -> l
             asset = item.assets.get(band.asset)
             if asset is None:
                 raise MissingBandError(f"item {item.id} has no asset {band.asset!r} (band {band.name!r})")
-            href = asset.get_absolute_href() or asset.href
+            href = _asset_href(asset)
             try:
                 with rasterio.open(href) as src:
                     src.read(1, window=Window(0, 0, 1, 1))
@@ -248,6 +248,11 @@ def _snap(value: float, resolution: float, *, up: bool) -> float:
     return (math.ceil(steps - _SNAP_TOLERANCE) if up else math.floor(steps + _SNAP_TOLERANCE)) * resolution
 
 
+def _asset_href(asset: pystac.Asset) -> str:
+    """Where an asset's file is: its absolute href when the item knows its own location."""
+    return asset.get_absolute_href() or asset.href
+
+
 @dataclass(frozen=True)
 class _PlacedAsset:
     """An asset file lying on the output grid: its top-left corner in grid pixels and its size."""
@@ -266,7 +271,7 @@ def _placed_on_grid(items: Sequence[pystac.Item], assets: list[str], grid: Grid)
     for item in items:
         row = []
         for asset in assets:
-            href = item.assets[asset].get_absolute_href() or item.assets[asset].href
+            href = _asset_href(item.assets[asset])
             with rasterio.open(href) as src:
                 a, b, c, d, e, f = tuple(src.transform)[:6]
                 if src.crs is None or src.crs.to_epsg() != grid.epsg or b or d or \
