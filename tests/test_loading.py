@@ -136,6 +136,19 @@ def test_median_over_dates_matches_nanmedian(dtype: str, nodata: float, dates: i
     np.testing.assert_array_equal(median, expected)
 
 
+@pytest.mark.parametrize("dtype,nodata", [("uint16", 0.0), ("int16", -32768.0)])
+@pytest.mark.parametrize("dates", [2, 4, 5])
+def test_median_of_complete_dates_near_the_dtype_maximum(dtype: str, nodata: float, dates: int) -> None:
+    """Dates without nodata (copied, not masked) and values near the dtype's maximum: the mean of the
+    middle two neither overflows nor loses the half-to-even rounding."""
+    from allspark.raster.load import _median_of_valid
+
+    top = np.iinfo(dtype).max - 1  # the maximum itself is where invalid values sort
+    values = np.random.default_rng(dates).integers(top - 9, top + 1, (dates, 3, 20, 20)).astype(dtype)
+    expected = np.round(np.median(values.astype("float64"), axis=0)).astype(dtype)
+    np.testing.assert_array_equal(_median_of_valid(values, Encoding(dtype, nodata)), expected)
+
+
 def test_values_are_the_source_pixels_with_nodata_as_nan(stacks: dict[str, xr.DataArray]) -> None:
     values = stacks["odc"].values
     for i, name in enumerate(["lsat7_2000_10.tif", "lsat7_2000_70.tif"]):

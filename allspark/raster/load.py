@@ -394,10 +394,16 @@ def _median_of_valid(values: np.ndarray, encoding: Encoding) -> np.ndarray:
     middle two, rounded half to even for integer storage. Several times faster than a sort per pixel.
     """
     dtype = np.dtype(encoding.dtype)
-    invalid = values == encoding.nodata if encoding.is_integer else np.isnan(values)
-    last = np.iinfo(dtype).max if encoding.is_integer else np.inf
-    ordered = list(np.where(invalid, dtype.type(last), values.astype(dtype, copy=False)))
-    count = (len(ordered) - invalid.sum(axis=0, dtype=np.int32)).astype(np.uint8 if len(ordered) < 256 else np.int32)
+    last = dtype.type(np.iinfo(dtype).max if encoding.is_integer else np.inf)
+    ordered, count = [], np.zeros(values.shape[1:], np.uint8 if len(values) < 256 else np.int32)
+    for image in values:
+        invalid = image == encoding.nodata if encoding.is_integer else np.isnan(image)
+        if invalid.any():
+            ordered.append(np.where(invalid, last, image.astype(dtype, copy=False)))
+            count += ~invalid
+        else:  # the usual image: a plain copy, as the network below orders in place
+            ordered.append(image.astype(dtype, copy=True))
+            count += 1
     if len(ordered) <= _SORTING_NETWORK_DATES:
         spare = np.empty_like(ordered[0])  # in-place exchanges: no new image per step
         for round_ in range(len(ordered)):
@@ -409,22 +415,31 @@ def _median_of_valid(values: np.ndarray, encoding: Encoding) -> np.ndarray:
         ordered = list(np.moveaxis(np.sort(np.moveaxis(np.stack(ordered), 0, -1), axis=-1), -1, 0))
 
     def nth_valid(index: np.ndarray) -> np.ndarray:
-        picked = ordered[0]
-        for k in range(1, int(index.max(initial=0)) + 1):
-            picked = np.where(index == k, ordered[k], picked)
+        if index.min() == index.max():  # every pixel has the same count: no picking
+            return ordered[int(index.flat[0])]
+        picked = ordered[0].copy()
+        for k in range(1, int(index.max()) + 1):
+            _copy_where(picked, ordered[k], index == k)
         return picked
 
     low, high = nth_valid((np.maximum(count, 1) - 1) >> 1), nth_valid(count >> 1)
-    if encoding.is_integer:
-        total = low.astype(np.int64 if dtype.itemsize >= 4 else np.int32)
-        total += high
-        median = total >> 1  # floor; an odd total (x.5) rounds to the even neighbour
-        median += total & median & 1
+    if encoding.is_integer:  # the mean of two integers without a wider type, rounded half to even
+        median = (low >> 1) + (high >> 1) + (low & high & 1)  # floor of the mean
+        median += (low ^ high) & median & 1  # an x.5 mean (odd sum) goes up when the floor is odd
     else:
-        median = low + high
-        median /= 2
-    median[count == 0] = encoding.nodata
-    return median.astype(dtype, copy=False)
+        median = (low + high) / 2
+    np.copyto(median, dtype.type(encoding.nodata), where=count == 0)
+    return median
+
+
+def _copy_where(target: np.ndarray, source: np.ndarray, mask: np.ndarray) -> None:
+    """``target[mask] = source[mask]`` by bit blending (about 3x faster than ``np.copyto(where=)`` on
+    scattered masks, which branches per element)."""
+    bits = np.dtype(f"u{target.dtype.itemsize}")
+    blend = np.negative(mask, dtype=bits)  # all ones where the mask holds, zeros elsewhere
+    target_bits = target.view(bits)
+    blend &= target_bits ^ source.view(bits)
+    target_bits ^= blend
 
 
 def _item_epsg(item: pystac.Item) -> int:
