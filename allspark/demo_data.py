@@ -222,11 +222,10 @@ def _write_geojson(src_path: Path, dst_path: Path) -> None:
 
 
 def add_projection(item: pystac.Item, raster: RasterInfo) -> None:
-    """Projection metadata both as STAC 1.1 ``proj:code`` and as ``proj:epsg`` (stackstac reads only that)."""
+    """Projection extension v2.0.0 metadata: ``proj:code`` (v2 has no ``proj:epsg``; the stackstac loader adds it)."""
     proj = ProjectionExtension.ext(item, add_if_missing=True)
     proj.apply(code=f"EPSG:{DEMO_EPSG}", shape=list(raster.shape), transform=raster.transform,
                bbox=list(raster.bounds))
-    item.properties["proj:epsg"] = DEMO_EPSG
 
 
 def footprint(raster: RasterInfo) -> tuple[dict, list[float]]:

@@ -23,6 +23,7 @@ from typing import get_args
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
 from allspark.core.config import load_config
 from allspark.core.steps import Published
+from allspark.core.storage import check_writable
 from allspark.errors import AllSparkError, ConfigError
 from allspark.pipelines import FILE_KINDS, get_kind
 from allspark.region.config import RegionConfig, load_region_config
@@ -55,9 +56,10 @@ def _run_region(args: argparse.Namespace) -> int:
     from allspark.region.read import plan_region
 
     config = load_region_config(args.config, **_region_overrides(args))
-    # the catalog, AOI, dates, bands and assets, checked in a second or two before the orchestrator
-    # starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
+    # the catalog, AOI, dates, bands, assets and output folder, checked in a second or two before the
+    # orchestrator starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
     plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    check_writable(config.publish_dir)
     from flows.region import run_region  # imports Prefect and torch: only when running
 
     published = run_region(config)
@@ -71,12 +73,13 @@ def _run_region(args: argparse.Namespace) -> int:
 
 
 def _run_file_flow(args: argparse.Namespace) -> int:
-    from flows.files import run_file_flow  # imports Prefect and torch: only when running
-
     kind = get_kind(args.flow)
     path = args.config or deployments_dir() / kind.example
     overrides = {"name": args.name, "output_dir": args.output_dir, "checkpoint": args.checkpoint}
     config = load_config(kind.config_class(), path, **overrides)
+    check_writable(config.publish_dir)  # before the orchestrator starts, as for a region run
+    from flows.files import run_file_flow  # imports Prefect and torch: only when running
+
     published = run_file_flow(config)
     _print_published(f"Outputs of {args.flow} run {config.name!r}:", published)
     summary = published.metrics.get("summary", published.metrics)

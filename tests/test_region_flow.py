@@ -4,6 +4,7 @@ Dask cluster; and the steps on their own (block size, interrupted inference, dam
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import geopandas as gpd
@@ -17,11 +18,13 @@ import zarr
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from allspark.core.atomic import RUNS
 from allspark.core.steps import run_pipeline, serial_map
 from allspark.raster.scene import SCENE_CHUNK, create_probabilities, open_scene, pending_blocks, read_chip_tables, read_values
 from allspark.region import steps
 from tests.conftest import shared_data, task_states
 from tests.regions import crop_source, quick_config, small_catalog
+from tests.stac_schemas import StacSchemaError, validate, validate_catalog
 
 CLASSES = 7
 
@@ -118,9 +121,32 @@ def test_outputs_are_complete_and_valid(first_run):
     assert item.properties["mlm:framework"] == "pytorch"
     assert item.properties["allspark:config"]["name"] == "test-region"
     assert [link.title for link in item.get_links("derived_from")] == ["LE07_NC_2000"]
+    assert len(validate_catalog(outputs.catalog)) == 2  # the catalog and its item
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.rglob("*") if p.is_file()), "outputs not readable"
     assert steps.published_catalog(config) == out / "catalog.json"
+
+
+@pytest.mark.parametrize(("break_item", "reason"), [
+    pytest.param(lambda item: item["properties"]["mlm:output"][0]["classification:classes"][0].pop("description"),
+                 "'description' is a required property", id="a class without description"),
+    pytest.param(lambda item: item["properties"].update(start_datetime="2000-01-01T00:00:00+08:00"),
+                 "'2000-01-01T00:00:00+08:00' does not match", id="a local time"),
+    pytest.param(lambda item: item["properties"].update(end_datetime="2000-12-31T23:59:59"),
+                 "'2000-12-31T23:59:59' does not match", id="a time without a zone"),
+    pytest.param(lambda item: item["assets"]["model"].pop("eo:bands"),
+                 "'raster:bands' is a required property", id="input bands nothing describes"),
+    pytest.param(lambda item: item["properties"]["mlm:input"][0].pop("bands"),
+                 "'bands' is a required property", id="an input without bands"),
+    pytest.param(lambda item: item["properties"].update({"proj:epsg": 32119}),
+                 "'proj:epsg' does not match", id="proj:epsg under projection v2"),
+])
+def test_the_validator_refuses_a_broken_copy_of_the_published_item(first_run, break_item, reason):
+    _, _, outputs = first_run
+    item = json.loads(validate_catalog(outputs.catalog)[-1].read_text())
+    break_item(item)
+    with pytest.raises(StacSchemaError, match=re.escape(reason)):
+        validate(item)
 
 
 def test_rerun_reuses_the_work_without_duplicating_outputs(first_run):
@@ -129,8 +155,9 @@ def test_rerun_reuses_the_work_without_duplicating_outputs(first_run):
     config, _, outputs = first_run
     work = steps.ingest(config, log=lambda _: None).work_dir
     stores = mtimes(work)
-    assert {"scene.zarr", "model", "plan.json"} <= {p.name for p in work.iterdir()}
-    before = sorted(p.relative_to(config.publish_dir) for p in config.publish_dir.rglob("*"))
+    assert {"scene.zarr", "plan.json"} <= {p.name for p in work.iterdir()}
+    assert len(list(work.glob("model-*"))) == 1  # named by the labels' content
+    before = sorted(p.relative_to(config.publish_dir) for p in config.publish_dir.rglob("*") if RUNS not in p.parts)
     fine_tuning = json.loads(outputs.paths["metrics"].read_text())["fine_tuning"]
     state = region_flow.with_options(task_runner=task_runner(config))(config, return_state=True)
     states = task_states(state)
@@ -141,10 +168,11 @@ def test_rerun_reuses_the_work_without_duplicating_outputs(first_run):
     assert rerun.metrics["inference"]["blocks_done_before"] == 4
     assert json.loads(json.dumps(rerun.metrics["fine_tuning"])) == fine_tuning  # the model was not trained again
     assert mtimes(work) == stores, "the scene, model or predictions were rewritten"
-    assert sorted(p.relative_to(config.publish_dir) for p in config.publish_dir.rglob("*")) == before
+    assert sorted(p.relative_to(config.publish_dir) for p in config.publish_dir.rglob("*") if RUNS not in p.parts) == before
+    assert len(list((config.publish_dir / RUNS).iterdir())) == 2, "the previous published set is kept, older ones not"
     with rasterio.open(outputs.paths["classmap"]) as a, rasterio.open(rerun.paths["classmap"]) as b:
         np.testing.assert_array_equal(a.read(), b.read())
-    assert steps.train(config, steps.ingest(config, log=lambda _: None)).checkpoint == work / "model"
+    assert steps.train(config, steps.ingest(config, log=lambda _: None)).checkpoint.parent == work
 
 
 def test_same_output_on_an_existing_dask_cluster(first_run, tmp_path):

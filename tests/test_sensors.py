@@ -21,6 +21,7 @@ from allspark.sensors.config import SensorModelConfig, SensorsConfig, load_senso
 from allspark.sensors.read import SensorTableError
 from tests.conftest import shared_data
 from tests.file_flows import AOTI, DINGLING, sensors_config
+from tests.stac_schemas import validate_catalog
 
 KNOWN = read.read_locations("prsa_stations")["station"].tolist()
 
@@ -207,6 +208,10 @@ def test_flow_publishes_one_point_per_station_and_hour(first_run):
     assert sorted(link.title for link in item.get_links("derived_from")) == sorted([AOTI, DINGLING, "prsa_stations.geojson"])
     assert item.properties["mlm:tasks"] == ["regression"]
     assert item.properties["allspark:config"]["name"] == "test-sensors"
+    # the stations' Beijing hours (UTC+8), written in UTC as STAC 1.1 requires
+    assert (item.properties["start_datetime"], item.properties["end_datetime"]) == (
+        "2013-12-31T16:00:00Z", "2014-01-10T15:00:00Z")
+    assert len(validate_catalog(published.catalog)) == 2  # the catalog and its item
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
     model = config.work_dir() / "model"

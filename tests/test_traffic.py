@@ -28,6 +28,7 @@ from allspark.traffic.inputs import (
 )
 from allspark.traffic.read import read_graph
 from tests.file_flows import SENSORS, STEPS, traffic_config, traffic_slice
+from tests.stac_schemas import validate_catalog
 
 
 
@@ -160,6 +161,10 @@ def test_flow_publishes_one_point_per_sensor_and_horizon(first_run):
     assert {link.title for link in item.get_links("derived_from")} == {"speed.csv", "adj.csv",
                                                                        "graph_sensor_locations.csv"}
     assert item.properties["mlm:output"][0]["result"]["shape"] == [-1, SENSORS, 12]
+    # the first and last row (5 min apart, from 2012-03-05 00:00 at UTC-8), written in UTC
+    assert (item.properties["start_datetime"], item.properties["end_datetime"]) == (
+        "2012-03-05T08:00:00Z", "2012-03-06T08:55:00Z")
+    assert len(validate_catalog(published.catalog)) == 2  # the catalog and its item
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 

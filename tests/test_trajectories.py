@@ -19,6 +19,7 @@ from allspark.trajectories import inputs, steps
 from allspark.trajectories import read as tr
 from allspark.trajectories.config import TrajectoriesConfig
 from tests import file_flows
+from tests.stac_schemas import validate_catalog
 
 
 def write_eth(path: Path, rows: list[tuple]) -> Path:
@@ -233,6 +234,7 @@ def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_work_folder(e
     assert len(items) == 1 and [link.title for link in items[0].get_links("derived_from")] == ["biwi_eth.txt"]
     for asset in items[0].assets.values():
         assert Path(asset.get_absolute_href()).exists()
+    assert len(validate_catalog(outputs.catalog)) == 2  # the catalog and its item
 
     model = cfg.work_dir() / "model"
     trained = (model / "model.safetensors").stat().st_mtime_ns
@@ -248,6 +250,7 @@ def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_work_folder(e
     assert len(frame) == 4 and frame.crs.is_engineering
     item = next(pystac.Catalog.from_file(outputs.catalog).get_items())
     assert item.geometry is None and item.bbox is None  # no place on Earth, said so
+    assert len(validate_catalog(outputs.catalog)) == 2
 
 
 def result(metrics: dict) -> dict:

@@ -1,15 +1,15 @@
 """Publishing shared by every kind of data: GeoParquet, the run's metadata and model, and the STAC catalog.
 
-Every file is written under a temporary name and moved into place (:mod:`allspark.core.atomic`);
-the STAC catalog is written last, so it only ever links complete files. Model metadata (STAC MLM
-fields) comes from the bundle's saved description, never from loading the language model.
+A run's outputs are written into a new folder and switched in as one set
+(:func:`allspark.core.atomic.switched_folder`), so readers never see a mix of two runs; the STAC
+catalog inside links them by relative paths. Model metadata (STAC MLM fields) comes from the
+bundle's saved description, never from loading the language model.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +21,7 @@ from pystac.extensions import mlm
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
-from allspark.core.atomic import atomic_file, remove_stale_temporaries, write_json, write_text
+from allspark.core.atomic import atomic_file, switched_folder, write_json, write_text
 from allspark.core.bundle import bundle_info
 from allspark.core.config import RunConfig
 from allspark.core.steps import Published
@@ -34,7 +34,8 @@ def write_geoparquet(frame: gpd.GeoDataFrame, path: Path) -> None:
 
 
 def write_stac_catalog(
-    output_dir: Path,
+    folder: Path,
+    name: str,
     item_id: str,
     crs: str,
     bounds: Sequence[float],
@@ -43,13 +44,16 @@ def write_stac_catalog(
     assets: dict[str, pystac.Asset],
     properties: dict,
     model_fields: dict,
+    extensions: Sequence[str] = (),
 ) -> Path:
-    """Write ``output_dir/catalog.json`` with one item linking the outputs and what made them.
+    """Write ``folder/catalog.json`` (catalog ``allspark-<name>``) with one item linking the outputs
+    in ``folder`` and what made them.
 
     ``sources`` are ``(href, title, media type)`` of the inputs (source STAC items, or files),
     linked as ``derived_from``; ``time_range`` is the inputs' time span. The item carries the run
-    config and inputs in ``properties`` and the model in STAC MLM extension fields. Written to a
-    staging folder, then moved into place item first and catalog last.
+    config and inputs in ``properties`` and the model in STAC MLM extension fields; ``extensions``
+    are the schema URIs of any other STAC extension whose fields the assets carry. Links are
+    relative, so the catalog stays valid when ``folder`` is switched in as the published set.
     """
     # A local scene CRS (e.g. pedestrian coordinates with no map origin) has no place on Earth:
     # STAC allows a null geometry, and the CRS is recorded as WKT2.
@@ -61,9 +65,9 @@ def write_stac_catalog(
         bbox=None if local else list(footprint.bounds),
         datetime=None,
         properties={
-            "start_datetime": time_range[0].isoformat(),
-            "end_datetime": time_range[1].isoformat(),
-            "created": datetime.now(timezone.utc).isoformat(),
+            "start_datetime": utc_time(time_range[0]),
+            "end_datetime": utc_time(time_range[1]),
+            "created": utc_time(datetime.now(timezone.utc)),
             **({"proj:code": None, "proj:wkt2": pyproj.CRS(crs).to_wkt()} if local else {"proj:code": crs}),
             **properties,
             **model_fields,
@@ -71,22 +75,24 @@ def write_stac_catalog(
     )
     item.stac_extensions.append(mlm.SCHEMA_URI_PATTERN.format(version=mlm.DEFAULT_VERSION))
     item.stac_extensions.append("https://stac-extensions.github.io/projection/v2.0.0/schema.json")
+    item.stac_extensions.extend(extensions)
     for key, asset in assets.items():
         item.add_asset(key, asset)
     for href, title, media_type in sources:
         item.add_link(pystac.Link("derived_from", href, media_type=media_type, title=title))
-    catalog = pystac.Catalog(id=f"allspark-{output_dir.name}", description=f"AllSpark outputs: {output_dir.name}")
+    catalog = pystac.Catalog(id=f"allspark-{name}", description=f"AllSpark outputs: {name}")
     catalog.add_item(item)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".stac-") as staging:
-        catalog.normalize_hrefs(staging)
-        for asset in item.assets.values():
-            asset.href = os.path.relpath(output_dir / asset.href, output_dir / item_id)
-        catalog.save(pystac.CatalogType.SELF_CONTAINED)
-        item_dir = output_dir / item_id
-        item_dir.mkdir(exist_ok=True)
-        os.replace(Path(staging) / item_id / f"{item_id}.json", item_dir / f"{item_id}.json")
-        os.replace(Path(staging) / "catalog.json", output_dir / "catalog.json")
-    return output_dir / "catalog.json"
+    catalog.normalize_hrefs(f"{folder}/")  # the slash: a folder name with a dot is not taken for a file
+    for asset in item.assets.values():
+        asset.href = os.path.relpath(folder / asset.href, folder / item_id)
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return folder / "catalog.json"
+
+
+def utc_time(value: datetime) -> str:
+    """``value`` as RFC 3339 in UTC (``...Z``), the only form STAC 1.1 allows; a time without a zone is taken as UTC."""
+    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return pystac.utils.datetime_to_str(aware.astimezone(timezone.utc))
 
 
 def item_sources(items: Sequence[pystac.Item]) -> tuple[tuple[datetime, datetime], list[tuple[str, str, str]]]:
@@ -98,12 +104,11 @@ def item_sources(items: Sequence[pystac.Item]) -> tuple[tuple[datetime, datetime
 
 
 def copy_bundle(checkpoint: Path, model_dir: Path) -> None:
-    """Copy a model bundle's files into the published ``model/`` folder, each atomically."""
+    """Copy a model bundle's files into ``model_dir`` of a set being published."""
     model_dir.mkdir(parents=True, exist_ok=True)
     for file in Path(checkpoint).iterdir():
         if file.is_file():
-            with atomic_file(model_dir / file.name) as tmp:
-                shutil.copyfile(file, tmp)
+            shutil.copyfile(file, model_dir / file.name)
 
 
 def mlm_fields(checkpoint: Path, architecture: str, tasks: list[str], inputs: list[dict], outputs: list[dict]) -> dict:
@@ -154,42 +159,43 @@ def publish_table(
 ) -> Published:
     """Publish a table of predictions as GeoParquet with its metrics, config, model and STAC catalog.
 
-    The shared last step of the trajectory, sensor and traffic pipelines, into ``config.publish_dir``.
-    Every file is written to a temporary name and moved into place; the catalog comes last, so it
-    only links complete files.
+    The shared last step of the trajectory, sensor and traffic pipelines, into ``config.publish_dir``,
+    switched in as one set (:func:`~allspark.core.atomic.switched_folder`): readers see the previous
+    complete set or this one.
     """
-    output_dir = config.publish_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir)
-    paths = {
-        "predictions": output_dir / "predictions.parquet",
-        "metrics": output_dir / "metrics.json",
-        "config": output_dir / "config.yaml",
-        "model": output_dir / "model",
-    }
-    write_geoparquet(frame, paths["predictions"])
-    write_json(metrics, paths["metrics"])
-    write_text(config.to_yaml(), paths["config"])
-    copy_bundle(checkpoint, paths["model"])
-    assets = {
-        "predictions": pystac.Asset("predictions.parquet", title=title,
-                                    media_type="application/vnd.apache.parquet", roles=["data"],
-                                    extra_fields={"table:row_count": len(frame)}),
-        **run_assets("Metrics and run statistics"),
-    }
-    sources = [(path.resolve().as_uri(), path.name, _media_type(path)) for path in input_files]
-    catalog = write_stac_catalog(
-        output_dir,
-        item_id=item_id,
-        crs=frame.crs.to_string(),
-        bounds=frame.total_bounds,
-        time_range=time_range,
-        sources=sources,
-        assets=assets,
-        properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": [str(p) for p in input_files]},
-        model_fields=model_fields,
-    )
-    return Published(catalog=catalog, paths=paths, metrics=metrics)
+    files = {"predictions": "predictions.parquet", "metrics": "metrics.json", "config": "config.yaml", "model": "model"}
+    with switched_folder(config.publish_dir) as folder:
+        write_geoparquet(frame, folder / files["predictions"])
+        write_json(metrics, folder / files["metrics"])
+        write_text(config.to_yaml(), folder / files["config"])
+        copy_bundle(checkpoint, folder / files["model"])
+        assets = {
+            "predictions": pystac.Asset(files["predictions"], title=title,
+                                        media_type="application/vnd.apache.parquet", roles=["data"],
+                                        extra_fields={"table:row_count": len(frame)}),
+            **run_assets("Metrics and run statistics"),
+        }
+        sources = [(path.resolve().as_uri(), path.name, _media_type(path)) for path in input_files]
+        write_stac_catalog(
+            folder,
+            config.name,
+            item_id=item_id,
+            crs=frame.crs.to_string(),
+            bounds=frame.total_bounds,
+            time_range=time_range,
+            sources=sources,
+            assets=assets,
+            properties={"allspark:config": config.model_dump(mode="json"),
+                        "allspark:inputs": [str(p) for p in input_files]},
+            model_fields=model_fields,
+        )
+    return published(config.publish_dir, files, metrics)
+
+
+def published(output_dir: Path, files: dict[str, str], metrics: dict) -> Published:
+    """What a publish step returns: its ``files`` (name -> file in the set) at their stable paths in ``output_dir``."""
+    return Published(catalog=output_dir / "catalog.json",
+                     paths={name: output_dir / file for name, file in files.items()}, metrics=metrics)
 
 
 def _media_type(path: Path) -> str:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import pystac
 import yaml
+from pystac.serialization import identify_stac_object_type
+from pystac.stac_io import HREF, DefaultStacIO
 from pydantic import Field, ValidationError, model_validator
 from shapely import is_valid_reason
 from shapely.geometry import box, mapping, shape
@@ -152,12 +154,9 @@ def search_items(
             f"static catalog {root} (collection {config.collection!r}) does not exist; for the demo "
             f"catalog run allspark.demo_data.build_demo_catalog() first"
         )
-    catalog = pystac.read_file(str(root))
-    if not isinstance(catalog, pystac.Catalog):
-        raise CatalogNotFoundError(f"{root} is a STAC {type(catalog).__name__}, expected a catalog or collection")
     items = [
         item.make_asset_hrefs_absolute()
-        for item in catalog.get_items(recursive=True)
+        for item in _static_items(root)
         if item.collection_id == config.collection and _is_label(item) == labels
     ]
     kind = "label" if labels else "imagery"
@@ -181,6 +180,88 @@ def search_items(
             f"{_fmt_time(min(s for s, _ in spans))} to {_fmt_time(max(e for _, e in spans))}"
         )
     return sorted(hits, key=lambda item: (_item_span(item)[0], item.id))
+
+
+def _static_items(root: Path) -> list[pystac.Item]:
+    """Every item of the static catalog at ``root``, each file checked as it is read (see :class:`CheckedStacIO`)."""
+    try:
+        catalog = pystac.read_file(str(root), stac_io=CheckedStacIO())
+        if not isinstance(catalog, pystac.Catalog):
+            raise CatalogNotFoundError(f"{root} is a STAC {type(catalog).__name__}, expected a catalog or collection")
+        return list(catalog.get_items(recursive=True))
+    except pystac.STACError as err:  # pystac wraps the error of a linked file: "HREF ... does not resolve"
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, CatalogError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+STAC_REQUIRED_KEYS = {
+    pystac.STACObjectType.CATALOG: ("id", "description", "links"),
+    pystac.STACObjectType.COLLECTION: ("id", "description", "extent", "links"),
+    pystac.STACObjectType.ITEM: ("id", "geometry", "properties", "links", "assets"),
+}
+"""Keys every STAC version requires of each object; pystac reads some objects without them (an item without an id)."""
+
+
+class CheckedStacIO(DefaultStacIO):
+    """pystac's reader of local and remote STAC files, with every file checked as it is read.
+
+    A file that is not JSON, not a STAC object, lacks a required key or is an item without any
+    datetime raises :class:`CatalogError` naming the file and what was expected, instead of
+    pystac's errors (a JSON decoder's position, a bare ``KeyError``, or "does not resolve to a
+    STAC object" with the reason two exceptions down).
+    """
+
+    def read_stac_object(self, source: HREF, root: pystac.Catalog | None = None, *args: Any,
+                         **kwargs: Any) -> pystac.STACObject:
+        href = os.fspath(source)
+        try:
+            data = self.read_json(source, *args, **kwargs)
+        except FileNotFoundError:
+            raise CatalogError(f"STAC file {href} does not exist (a link of the catalog points to it)") from None
+        except OSError as err:
+            raise CatalogError(f"STAC file {href} cannot be read: {err}") from None
+        except ValueError as err:  # json's and orjson's decode errors, and UnicodeDecodeError
+            raise CatalogError(f"STAC file {href} is not valid JSON ({err}); expected a STAC catalog, "
+                               "collection or item") from None
+        kind = _check_stac_object(data, href)
+        try:
+            return self.stac_object_from_dict(data, href=source, root=root, preserve_dict=False)
+        except (pystac.STACError, KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CatalogError(f"STAC {kind} {href} cannot be read: {err!r}") from None
+
+
+def _check_stac_object(data: Any, href: str) -> str:
+    """The kind of STAC object ``data`` is ("catalog", "collection" or "item"), or a :class:`CatalogError`."""
+    kind = identify_stac_object_type(data) if isinstance(data, dict) else None
+    if kind is None:
+        if not isinstance(data, dict):
+            found = f"a JSON {type(data).__name__}"
+        elif "stac_version" not in data:
+            found = "an object without stac_version"
+        else:
+            found = f"type {data.get('type')!r}"
+        raise CatalogError(f"STAC file {href} is not a STAC object: expected a JSON object with a stac_version and "
+                           f"the type Catalog, Collection or Feature (an item), found {found}")
+    noun = {pystac.STACObjectType.CATALOG: "catalog", pystac.STACObjectType.COLLECTION: "collection",
+            pystac.STACObjectType.ITEM: "item"}[kind]
+    missing = [key for key in STAC_REQUIRED_KEYS[kind] if key not in data]
+    if missing:
+        raise CatalogError(f"STAC {noun} {href} lacks the required key(s) {', '.join(missing)}")
+    if kind == pystac.STACObjectType.ITEM:
+        properties = data["properties"]
+        if not isinstance(properties, dict):
+            raise CatalogError(f"STAC item {data['id']!r} ({href}): properties must be an object, got "
+                               f"{type(properties).__name__}")
+        if not properties.get("datetime") and not (properties.get("start_datetime") and properties.get("end_datetime")):
+            raise CatalogError(
+                f"STAC item {data['id']!r} ({href}) has no datetime: its datetime is null or absent and it lacks "
+                "start_datetime/end_datetime; STAC requires a datetime, or both start_datetime and end_datetime"
+            )
+    return noun
 
 
 def _search_api(

@@ -120,21 +120,46 @@ def labelled_regions(pixels: LabelledPixels, shape: tuple[int, int]) -> np.ndarr
 
 
 def split_holdout(
-    pixels: LabelledPixels, shape: tuple[int, int], fraction: float, seed: int, unit: str
+    pixels: LabelledPixels, shape: tuple[int, int], fraction: float, seed: int, unit: str,
+    labels_name: str = "the labels",
 ) -> tuple[LabelledPixels, LabelledPixels]:
     """Seeded split into training and held-out pixels, stratified by class.
 
     ``unit="regions"`` holds out whole labelled regions (polygons), so no held-out pixel has a
     training neighbour from its own polygon: the honest figure. ``unit="pixels"`` splits pixels
-    at random, which lets neighbours of one polygon fall on both sides (optimistic).
+    at random, which lets neighbours of one polygon fall on both sides (optimistic). Labels too
+    few to split raise :class:`InputError` naming ``labels_name`` and what the split needs.
     """
     index = np.arange(len(pixels))
     if unit == "pixels":
+        _check_pixel_split(pixels, fraction, labels_name)
         train, holdout = train_test_split(index, test_size=fraction, stratify=pixels.classes, random_state=seed)
     else:
-        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / fraction)), shuffle=True, random_state=seed)
-        train, holdout = next(folds.split(index, pixels.classes, groups=labelled_regions(pixels, shape)))
+        regions = labelled_regions(pixels, shape)
+        folds = max(2, round(1 / fraction))
+        found = len(np.unique(regions))
+        if found < folds:
+            raise InputError(
+                f"{labels_name} hold {found} labelled region(s) with image data (connected pixels of one class, "
+                f"e.g. a polygon); holding out whole regions (train.holdout: regions, holdout_fraction {fraction}) "
+                f"needs at least {folds}: label more regions, or set train.holdout: pixels"
+            )
+        split = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        train, holdout = next(split.split(index, pixels.classes, groups=regions))
     return pixels.subset(np.sort(train)), pixels.subset(np.sort(holdout))
+
+
+def _check_pixel_split(pixels: LabelledPixels, fraction: float, labels_name: str) -> None:
+    """What a stratified pixel split needs: two pixels of each class, and a pixel of each class on each side."""
+    counts = np.bincount(pixels.classes)
+    single = np.flatnonzero(counts == 1)
+    if len(single):
+        raise InputError(f"{labels_name}: class value {single[0] + 1} has a single labelled pixel with image data; "
+                         "a stratified pixel hold-out needs at least 2 pixels of each class")
+    classes, held_out = np.count_nonzero(counts), math.ceil(fraction * len(pixels))
+    if min(held_out, len(pixels) - held_out) < classes:
+        raise InputError(f"{labels_name} hold {len(pixels)} labelled pixel(s) with image data in {classes} classes; "
+                         f"a stratified hold-out of {fraction} needs at least {classes} pixels on each side")
 
 
 def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int) -> np.ndarray:
@@ -186,8 +211,20 @@ def predict_centres(
     return np.concatenate(predicted)
 
 
+def values_outside_classes(labels: np.ndarray, num_classes: int) -> dict[int, int]:
+    """Labelled pixels (not 0) whose value is no class 1..num_classes: their count per value."""
+    values, counts = np.unique(labels[(labels != 0) & ((labels < 1) | (labels > num_classes))], return_counts=True)
+    return {int(value): int(count) for value, count in zip(values, counts, strict=True)}
+
+
+def _describe_values(counts: dict[int, int]) -> str:
+    """``{9: 120, 12: 3}`` as "value 9 (120 px), value 12 (3 px)"."""
+    return ", ".join(f"value {value} ({count} px)" for value, count in counts.items())
+
+
 def training_split(
-    labels: np.ndarray, image: np.ndarray, num_classes: int, config: RegionTrainSettings, seed: int
+    labels: np.ndarray, image: np.ndarray, num_classes: int, config: RegionTrainSettings, seed: int,
+    labels_name: str = "the labels",
 ) -> tuple[LabelledPixels, LabelledPixels, int]:
     """Training and held-out pixels (:func:`split_holdout`, then the stratified ``max_train_pixels`` cap).
 
@@ -196,8 +233,12 @@ def training_split(
     """
     pixels, dropped_nodata = LabelledPixels.from_raster(labels, image, num_classes)
     if len(pixels) == 0:
-        raise InputError("no labelled pixel with image data: the labels do not overlap the imagery")
-    train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout)
+        outside = values_outside_classes(labels, num_classes)
+        if outside and not ((labels >= 1) & (labels <= num_classes)).any():
+            raise InputError(f"{labels_name} hold no value of the class list (1..{num_classes}, one per class name); "
+                             f"found only {_describe_values(outside)}")
+        raise InputError(f"{labels_name}: no labelled pixel with image data: the labels do not overlap the imagery")
+    train, holdout = split_holdout(pixels, labels.shape, config.holdout_fraction, seed, config.holdout, labels_name)
     if config.max_train_pixels is not None and len(train) > config.max_train_pixels:
         keep, _ = train_test_split(
             np.arange(len(train)), train_size=config.max_train_pixels, stratify=train.classes, random_state=seed
@@ -218,6 +259,7 @@ def fine_tune(
     seed: int,
     log=print,
     split_seed: int | None = None,
+    labels_name: str = "the labels",
 ) -> tuple[Normalizer, dict, LabelledPixels]:
     """Train ``model`` in place on chips around labelled pixels.
 
@@ -226,11 +268,16 @@ def fine_tune(
     ``split_seed`` (default: ``seed``) the held-out split, so runs of several seeds can share one.
 
     ``image`` is (band, H, W) with NaN for nodata and ``labels`` (H, W) holds class values
-    1..K (0 unlabelled) on the same grid.
+    1..K (0 unlabelled) on the same grid. Other values are left out, counted in the metrics
+    (``labels.outside_class_list``) and logged as a warning naming ``labels_name``.
     """
     generator = seed_everything(seed)
     split_seed = seed if split_seed is None else split_seed
-    train, holdout, dropped_nodata = training_split(labels, image, len(class_names), config, split_seed)
+    train, holdout, dropped_nodata = training_split(labels, image, len(class_names), config, split_seed, labels_name)
+    outside = values_outside_classes(labels, len(class_names))
+    if outside:
+        log(f"warning: {labels_name}: {sum(outside.values())} labelled pixel(s) hold values outside the class list "
+            f"(1..{len(class_names)}: {', '.join(class_names)}) and are left out: {_describe_values(outside)}")
     normalizer = Normalizer.fit(bands, image[:, train.rows, train.cols])
     inputs, _ = normalizer.apply(centred_windows(image, train.rows, train.cols, chip_size))
     targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
@@ -251,6 +298,10 @@ def fine_tune(
             "holdout_pixels": len(holdout),
             "labelled_pixels_without_image_data": dropped_nodata,
         },
+        "labels": {
+            "outside_class_list": sum(outside.values()),
+            "outside_values": {str(value): count for value, count in outside.items()},
+        },
         "training": {
             "epochs": config.epochs,
             "loss_per_epoch": [epoch["loss"] for epoch in history["epochs"]],
@@ -259,3 +310,4 @@ def fine_tune(
         },
     }
     return normalizer, metrics, holdout
+

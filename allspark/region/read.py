@@ -16,12 +16,13 @@ import pystac
 import rasterio
 from pydantic import BaseModel, ConfigDict
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.warp import reproject, transform_bounds
 
 from allspark.core.atomic import write_text
 from allspark.errors import InputError
 from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
-from allspark.raster.load import Encoding, check_readable, output_grid, storage_encoding
+from allspark.raster.load import CorruptAssetError, Encoding, check_readable, gdal_reason, output_grid, storage_encoding
 from allspark.raster.scene import Scene
 from allspark.raster.windows import Window
 
@@ -113,11 +114,17 @@ def label_href(item: pystac.Item) -> str:
 def read_labels(href: str, scene: Scene, margin: int) -> tuple[Window, np.ndarray]:
     """The scene window around the labels (plus ``margin`` pixels of context) and the labels on it.
 
-    Returns the window and its (y, x) class values, 0 = unlabelled.
+    Returns the window and its (y, x) class values, 0 = unlabelled (as is the label raster's nodata).
+    Raises :class:`CorruptAssetError` naming the file when it cannot be read.
     """
-    with rasterio.open(href) as src:
-        labels, label_transform, label_crs = src.read(1), src.transform, src.crs
-        left, bottom, right, top = transform_bounds(src.crs, scene.crs, *src.bounds)
+    try:
+        with rasterio.open(href) as src:
+            labels, label_transform, label_crs = src.read(1), src.transform, src.crs
+            left, bottom, right, top = transform_bounds(src.crs, scene.crs, *src.bounds)
+            if src.nodata is not None:
+                labels[labels == src.nodata] = 0
+    except RasterioError as err:
+        raise CorruptAssetError(href, f"the label raster cannot be read ({gdal_reason(err)})") from err
     a, _, c, _, e, f = scene.transform
     rows = (max(0, math.floor((f - top) / -e) - margin), min(scene.height, math.ceil((f - bottom) / -e) + margin))
     cols = (max(0, math.floor((left - c) / a) - margin), min(scene.width, math.ceil((right - c) / a) + margin))

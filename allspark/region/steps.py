@@ -32,17 +32,20 @@ import pandas as pd
 import pystac
 import rasterio
 from pydantic import ValidationError
+from pystac.extensions import eo
 from shapely import box
 
-from allspark.core.publish import copy_bundle, item_sources, mlm_fields, run_assets, write_geoparquet, write_stac_catalog
-from allspark.core.atomic import remove_stale_temporaries, write_json, write_text
+from allspark.core.publish import (copy_bundle, item_sources, mlm_fields, published, run_assets, write_geoparquet,
+                                   write_stac_catalog)
+from allspark.core.atomic import switched_folder, write_json, write_text
 from allspark.core.bundle import bundle_digest, load_bundle, save_bundle
 from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
-from allspark.core.storage import check_writable, folder_lock, work_dir
+from allspark.core.storage import check_writable, content_digest, folder_lock, work_dir
 from allspark.errors import ConfigError
 from allspark.raster import outputs
 from allspark.raster.blend import blend
-from allspark.raster.load import load_stack, loader_chunk, no_data_error, physical_values
+from allspark.raster.catalog import BandSpec
+from allspark.raster.load import empty_bands_error, load_stack, loader_chunk, no_data_error, physical_values
 from allspark.raster.scene import (
     Scene,
     scene_chunk,
@@ -53,6 +56,7 @@ from allspark.raster.scene import (
     read_chip_tables,
     read_values,
     valid_pixels,
+    valid_pixels_per_band,
     write_block,
     write_scene,
 )
@@ -117,6 +121,9 @@ def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     valid = valid_pixels(store)
     if valid == 0:
         raise no_data_error(scene.height, scene.width, config.bands, scene.items)
+    empty = [band for band, count in valid_pixels_per_band(store).items() if count == 0]
+    if empty:
+        raise empty_bands_error(empty, scene.height, scene.width, scene.items)
     log(f"scene: {scene.width} x {scene.height} px, {len(scene.bands)} bands ({scene.dtype}), "
         f"{valid} pixels with data, items {', '.join(scene.items)}")
     return Ingested(work_dir=work, store=store, summary={
@@ -146,18 +153,19 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
     """
     if config.checkpoint is not None:
         return given_checkpoint(config.checkpoint)
-    directory = ingested.work_dir / MODEL_DIR
-    if directory.exists():
-        return given_checkpoint(directory)
     if config.train is None:
         raise ConfigError(f"region {config.name!r} has no train settings: nothing to fine-tune")
+    region_plan = load_plan(ingested.work_dir)
+    label_item = find_label_item(region_plan.catalog, region_plan.pystac_items(), config.train.label_item)
+    href = label_href(label_item)
+    directory = ingested.work_dir / model_dir(href)
+    if directory.exists():
+        return given_checkpoint(directory)
     from allspark.model.model import AllSpark
     from allspark.model.training import seed_everything
 
-    region_plan = load_plan(ingested.work_dir)
     scene, dn = open_scene(ingested.store)
-    label_item = find_label_item(region_plan.catalog, region_plan.pystac_items(), config.train.label_item)
-    window, labels = read_labels(label_href(label_item), scene, margin=config.chips.size)
+    window, labels = read_labels(href, scene, margin=config.chips.size)
     image = read_values(scene, dn, window)
     seed_everything(config.seed)  # the initial weights too, not only the data order
     model = AllSpark(config.model.allspark_config(config.class_names, config.language))
@@ -165,11 +173,19 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
         model, image=image, labels=labels, bands=config.bands,
         wavelengths=[b.center_wavelength for b in scene.bands], class_names=config.class_names,
         chip_size=config.chips.size, config=config.train, seed=config.seed, log=log,
+        labels_name=f"the labels {href} (STAC item {label_item.id})",
     )
     metrics["label_item"] = label_item.id
     save_bundle(directory, model, normalizer, metrics, extra_files={
         HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)})
     return Trained(checkpoint=directory, metrics=metrics)
+
+
+def model_dir(labels_href: str) -> str:
+    """The fine-tuned bundle's folder in the work folder, named by what the label file holds, so labels
+    fixed or replaced in place train a new model (the scene, which does not read them, is kept)."""
+    path = Path(labels_href.removeprefix("file://"))
+    return f"{MODEL_DIR}-{content_digest([path])}" if path.is_file() else MODEL_DIR
 
 
 # -- predict --------------------------------------------------------------------------------------
@@ -233,50 +249,50 @@ def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: 
 
 
 def publish(config: RegionConfig, ingested: Ingested, trained: Trained, predicted: Predicted) -> Published:
-    """Write the region's outputs from the probability store, then their STAC catalog; return what was published."""
+    """Write the region's outputs from the probability store and their STAC catalog, switched in as one set."""
     started = time.perf_counter()
-    out = config.publish_dir
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
     region_plan = load_plan(ingested.work_dir)
     scene, dn = open_scene(ingested.store)
-    paths = {name: out / file for name, file in (
-        ("classmap", "classmap.tif"), ("probabilities", "probabilities.tif"), ("chips", "chips.parquet"),
-        ("quicklook", "quicklook.png"), ("metrics", "metrics.json"), ("config", "config.yaml"), ("model", "model"))}
-    class_pixels = outputs.write_prediction_rasters(predicted.store, scene, config.class_names,
-                                                    paths["classmap"], paths["probabilities"])
-    release_freed_memory()
-    item_ids = [d["id"] for d in region_plan.items]
-    write_geoparquet(chip_frame(read_chip_tables(predicted.store), scene, config, item_ids), paths["chips"])
-    outputs.write_quicklook(paths["classmap"], rgb_preview(scene, dn), config.class_names,
-                            f"AllSpark land cover: {config.name}", paths["quicklook"])
-    metrics = {
-        "region": config.name,
-        "fine_tuning": trained.metrics,
-        "map_holdout": map_accuracy(paths["classmap"], trained.checkpoint, config.class_names),
-        "class_area_m2": {name: n * scene.pixel_area for name, n in class_pixels.items()},
-        "ingest": dict(ingested.summary),
-        "inference": dict(predicted.summary),
-        "publish_seconds": round(time.perf_counter() - started, 1),
-    }
-    if trained.metrics:
-        metrics["holdout_accuracy"] = trained.metrics["holdout"]["overall_accuracy"]
-    write_json(metrics, paths["metrics"])
-    write_text(config.to_yaml(), paths["config"])
-    copy_bundle(trained.checkpoint, paths["model"])
-    time_range, sources = item_sources(region_plan.pystac_items())
-    catalog = write_stac_catalog(
-        out,
-        item_id=f"{config.name}-landcover",
-        crs=scene.crs,
-        bounds=scene.bounds,
-        time_range=time_range,
-        sources=sources,
-        assets=_assets(config),
-        properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": item_ids},
-        model_fields=_model_fields(config, trained.checkpoint),
-    )
-    return Published(catalog=catalog, paths=paths, metrics=metrics)
+    files = {"classmap": "classmap.tif", "probabilities": "probabilities.tif", "chips": "chips.parquet",
+             "quicklook": "quicklook.png", "metrics": "metrics.json", "config": "config.yaml", "model": "model"}
+    with switched_folder(config.publish_dir) as folder:
+        paths = {name: folder / file for name, file in files.items()}
+        class_pixels = outputs.write_prediction_rasters(predicted.store, scene, config.class_names,
+                                                        paths["classmap"], paths["probabilities"])
+        release_freed_memory()
+        item_ids = [d["id"] for d in region_plan.items]
+        write_geoparquet(chip_frame(read_chip_tables(predicted.store), scene, config, item_ids), paths["chips"])
+        outputs.write_quicklook(paths["classmap"], rgb_preview(scene, dn), config.class_names,
+                                f"AllSpark land cover: {config.name}", paths["quicklook"])
+        metrics = {
+            "region": config.name,
+            "fine_tuning": trained.metrics,
+            "map_holdout": map_accuracy(paths["classmap"], trained.checkpoint, config.class_names),
+            "class_area_m2": {name: n * scene.pixel_area for name, n in class_pixels.items()},
+            "ingest": dict(ingested.summary),
+            "inference": dict(predicted.summary),
+            "publish_seconds": round(time.perf_counter() - started, 1),
+        }
+        if trained.metrics:
+            metrics["holdout_accuracy"] = trained.metrics["holdout"]["overall_accuracy"]
+        write_json(metrics, paths["metrics"])
+        write_text(config.to_yaml(), paths["config"])
+        copy_bundle(trained.checkpoint, paths["model"])
+        time_range, sources = item_sources(region_plan.pystac_items())
+        write_stac_catalog(
+            folder,
+            config.name,
+            item_id=f"{config.name}-landcover",
+            crs=scene.crs,
+            bounds=scene.bounds,
+            time_range=time_range,
+            sources=sources,
+            assets=_assets(config, scene.bands),
+            properties={"allspark:config": config.model_dump(mode="json"), "allspark:inputs": item_ids},
+            model_fields=_model_fields(config, trained.checkpoint),
+            extensions=[eo.SCHEMA_URI],
+        )
+    return published(config.publish_dir, files, metrics)
 
 
 def chip_frame(chips: pd.DataFrame, scene: Scene, config: RegionConfig, item_ids: list[str]) -> gpd.GeoDataFrame:
@@ -342,11 +358,11 @@ def map_accuracy(classmap: Path, checkpoint: Path, class_names: list[str]) -> di
     return classification_metrics(classes[inside], mapped, class_names)
 
 
-def _assets(config: RegionConfig) -> dict[str, pystac.Asset]:
-    classes = [{"value": i + 1, "name": n} for i, n in enumerate(config.class_names)]
-    return {
+def _assets(config: RegionConfig, bands: list[BandSpec]) -> dict[str, pystac.Asset]:
+    """The published files; the model's input bands are described on its asset (EO ``eo:bands``, as MLM asks)."""
+    assets = {
         "classmap": pystac.Asset("classmap.tif", title="Land-cover class map", media_type=pystac.MediaType.COG,
-                                 roles=["data"], extra_fields={"classification:classes": classes}),
+                                 roles=["data"], extra_fields={"classification:classes": _classes(config)}),
         "probabilities": pystac.Asset("probabilities.tif", title="Class probabilities (one band per class)",
                                       media_type=pystac.MediaType.COG, roles=["data"]),
         "chips": pystac.Asset("chips.parquet", title="Chips: footprint, predicted class, score",
@@ -355,6 +371,14 @@ def _assets(config: RegionConfig) -> dict[str, pystac.Asset]:
                                   roles=["overview"]),
         **run_assets("Held-out accuracy and run statistics"),
     }
+    assets["model"].extra_fields["eo:bands"] = [{"name": band.name, "center_wavelength": band.center_wavelength}
+                                                for band in bands]
+    return assets
+
+
+def _classes(config: RegionConfig) -> list[dict]:
+    """The class map's classes (values 1.., 0 is nodata); the name is the description MLM's schema requires."""
+    return [{"value": i + 1, "name": name, "description": name} for i, name in enumerate(config.class_names)]
 
 
 def _model_fields(config: RegionConfig, checkpoint: Path) -> dict:
@@ -375,7 +399,7 @@ def _model_fields(config: RegionConfig, checkpoint: Path) -> dict:
             "tasks": ["semantic-segmentation"],
             "result": {"shape": [-1, len(classes), size, size],
                        "dim_order": ["batch", "channel", "height", "width"], "data_type": "float32"},
-            "classification:classes": [{"value": i + 1, "name": n} for i, n in enumerate(classes)],
+            "classification:classes": _classes(config),
         }],
     )
 

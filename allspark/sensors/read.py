@@ -17,6 +17,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+from pyogrio.errors import DataSourceError
 
 from allspark.errors import InputError
 from allspark.settings import catalogs_dir
@@ -60,7 +61,10 @@ def read_locations(name_or_path: str) -> gpd.GeoDataFrame:
     path = locations_path(name_or_path)
     if not path.is_file():
         raise SensorTableError(f"station locations file {path} does not exist")
-    frame = gpd.read_file(path)
+    try:
+        frame = gpd.read_file(path)
+    except (OSError, DataSourceError) as err:
+        raise SensorTableError(f"station locations file {path} cannot be read as GeoJSON: {err}") from None
     if "station" not in frame.columns or not (frame.geom_type == "Point").all():
         raise SensorTableError(f"{path}: expected Point features with a 'station' property")
     duplicated = frame["station"][frame["station"].duplicated()].tolist()
@@ -84,7 +88,7 @@ def read_station_table(path: Path, known_stations: Sequence[str]) -> pd.DataFram
     """
     try:
         raw = pd.read_csv(path, na_values=[" "], dtype=str, keep_default_na=True)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+    except (OSError, ValueError) as err:  # pandas' ParserError and EmptyDataError, UnicodeDecodeError
         raise SensorTableError(f"{path}: cannot be read as CSV: {err}") from None
     missing = [c for c in PRSA_COLUMNS if c not in raw.columns]
     if missing:

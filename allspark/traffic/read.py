@@ -30,13 +30,22 @@ class TrafficGraph:
     dropped_sensors: list[str]
 
 
+def _read_csv(path: Path, expected: str, **options) -> pd.DataFrame:
+    """``pd.read_csv``; a file that is empty, not text or not CSV is an :class:`InputError` naming it."""
+    try:
+        return pd.read_csv(path, **options)
+    except (OSError, ValueError) as err:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError
+        raise InputError(f"{path}: cannot be read as CSV ({err}); expected {expected}") from None
+
+
 def read_speeds(path: Path) -> tuple[list[str], np.ndarray]:
     """Sensor ids (header) and speeds (steps, sensors), zeros (missing readings) turned to NaN.
 
     Raises InputError naming the file, the line and the sensor for a value that is not a number
     (an empty cell included) or a negative speed, and for duplicate sensor ids.
     """
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = _read_csv(path, "speeds (one column per sensor id, one row per time step)", dtype=str,
+                      keep_default_na=False)
     ids = [column.strip() for column in frame.columns]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -90,7 +99,7 @@ def read_adjacency(path: Path, sensor_ids: list[str], speeds_path: Path) -> np.n
 
 def read_locations(path: Path) -> pd.DataFrame:
     """Sensor locations indexed by sensor id (str), columns latitude and longitude (degrees)."""
-    frame = pd.read_csv(path, dtype={"sensor_id": str})
+    frame = _read_csv(path, "sensor locations (sensor_id, latitude, longitude)", dtype={"sensor_id": str})
     missing = {"sensor_id", "latitude", "longitude"} - set(frame.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))} (need sensor_id, latitude, "

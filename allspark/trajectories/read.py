@@ -119,7 +119,7 @@ def read_eth_ucy(file: Path, frame_step: int = 10, start_time: datetime | None =
                           skip_blank_lines=True)
     except pd.errors.EmptyDataError:
         raise InputError(f"{file}: the file is empty") from None
-    except pd.errors.ParserError as err:
+    except (OSError, ValueError) as err:  # pandas' ParserError, UnicodeDecodeError
         raise InputError(f"{file}: not in the ETH/UCY format 'frame ped_id x y' ({err})") from None
     rows = np.arange(1, len(raw) + 1)
     frame = _numeric(raw, "frame", file, rows)
@@ -147,12 +147,13 @@ def read_table(file: Path, step_seconds: float = 0.4, agent: str = "agent_id", t
     """Read a CSV or Parquet table of agent positions; times (seconds or date-times) must lie on the
     ``step_seconds`` grid. ``agent``, ``time``, ``x``, ``y`` name the columns."""
     names = [agent, time, x, y]
-    if file.suffix.lower() == ".parquet":
-        raw = pd.read_parquet(file)
-        rows = np.arange(1, len(raw) + 1)  # 1-based data rows
-    else:
-        raw = pd.read_csv(file, dtype=str)
-        rows = np.arange(2, len(raw) + 2)  # line numbers (the header is line 1)
+    parquet = file.suffix.lower() == ".parquet"
+    try:
+        raw = pd.read_parquet(file) if parquet else pd.read_csv(file, dtype=str)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid, pandas' EmptyDataError and ParserError, bad UTF-8
+        raise InputError(f"{file}: cannot be read as {'Parquet' if parquet else 'CSV'} ({err}); expected a table "
+                         f"with the columns {names}") from None
+    rows = np.arange(1, len(raw) + 1) if parquet else np.arange(2, len(raw) + 2)  # data rows; CSV: line numbers
     missing = [name for name in names if name not in raw.columns]
     if missing:
         raise InputError(f"{file}: missing column(s) {missing}; found {list(raw.columns)} "

@@ -60,11 +60,12 @@ def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
     The summary holds the counts of each split (files, tracks, windows, skips).
     """
     work_dir = config.work_dir()
+    splits = config.split_files()
+    # checked on every run: the output folder may have become unwritable since the store was made
+    check_writable(config.publish_dir, work_dir,
+                   min_free_bytes=total_size(f for files in splits.values() for f in files))
     store = work_dir / WINDOWS_STORE
     if not store.is_dir():
-        splits = config.split_files()
-        check_writable(config.publish_dir, work_dir,
-                       min_free_bytes=total_size(f for files in splits.values() for f in files))
         tracks = {split: [_read_tracks(file, config) for file in files] for split, files in splits.items()}
         crs = model_crs([t for ts in tracks.values() for t in ts], config.crs if config.format == "eth_ucy"
                         else config.input_crs)
@@ -186,7 +187,7 @@ def publish(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, pr
         architecture="AllSpark trajectory: TUTR-style step and neighbour encoder, Lynx resampler bridge, "
                      "frozen causal LM with bottleneck adapters, K-future head",
         tasks=["regression"],
-        inputs=[{"name": "observed path and neighbours",
+        inputs=[{"name": "observed path and neighbours", "bands": [],
                  "input": {"shape": [-1, config.observed_steps, 2], "dim_order": ["batch", "time", "xy"],
                            "data_type": "float32"}}],
         outputs=[{"name": "candidate futures", "tasks": ["regression"],
