@@ -19,6 +19,7 @@ from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
 from allspark.core.atomic import RUNS
+from allspark.settings import cache_dir
 from allspark.core.steps import run_pipeline, serial_map
 from allspark.raster.scene import SCENE_CHUNK, create_probabilities, open_scene, pending_blocks, read_chip_tables, read_values
 from allspark.region import steps
@@ -173,6 +174,36 @@ def test_rerun_reuses_the_work_without_duplicating_outputs(first_run):
     with rasterio.open(outputs.paths["classmap"]) as a, rasterio.open(rerun.paths["classmap"]) as b:
         np.testing.assert_array_equal(a.read(), b.read())
     assert steps.train(config, steps.ingest(config, log=lambda _: None)).checkpoint.parent == work
+
+
+def test_labels_fixed_in_place_train_a_new_model_equal_to_a_fresh_run(tmp_path, monkeypatch):
+    """The labels are read only by training: rewritten under the same path, they train a new model
+    (the scene is kept), and the result equals a run that starts from an empty cache."""
+    from allspark.demo_data import LABEL_ITEM_ID, build_demo_catalog
+    from allspark.region.read import label_href
+    from tests.regions import catalog_yaml
+
+    source = crop_source(shared_data("landsat7_nc_labeled"), tmp_path / "source")
+    catalog_json = build_demo_catalog(root=tmp_path / "catalog", source_dir=source)
+    config = quick_config(catalog_yaml(catalog_json, tmp_path / "c.yaml"), tmp_path / "out")
+    first = run_pipeline(steps, config, log=lambda _: None)
+    scene_store = steps.ingest(config, log=lambda _: None).store
+    scene_written = scene_store.stat().st_mtime_ns
+    labels = label_href(pystac.Catalog.from_file(str(catalog_json)).get_item(LABEL_ITEM_ID, recursive=True))
+    with rasterio.open(labels) as src:
+        profile, values = src.profile, src.read(1)
+    with rasterio.open(labels, "w", **profile) as dst:  # same path: every class-2 pixel becomes class 3
+        dst.write(np.where(values == 2, 3, values).astype(values.dtype), 1)
+    fixed = run_pipeline(steps, config, log=lambda _: None)
+    assert fixed.metrics["fine_tuning"] != first.metrics["fine_tuning"]  # trained again, on the new labels
+    assert scene_store.stat().st_mtime_ns == scene_written  # the scene does not read the labels: kept
+    fresh_cache = tmp_path / "fresh-cache"
+    (fresh_cache / "models").parent.mkdir()
+    (fresh_cache / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
+    monkeypatch.setenv("ALLSPARK_CACHE", str(fresh_cache))
+    fresh = run_pipeline(steps, config.model_copy(update={"output_dir": tmp_path / "fresh"}), log=lambda _: None)
+    assert_same_outputs(fixed, fresh)
+    assert fixed.metrics["fine_tuning"]["holdout"] == fresh.metrics["fine_tuning"]["holdout"]
 
 
 def test_same_output_on_an_existing_dask_cluster(first_run, tmp_path):
