@@ -18,13 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pystac
 import rasterio
-import rioxarray  # noqa: F401  (registers the .rio accessor)
-import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -34,6 +32,9 @@ from rasterio.windows import Window
 
 from allspark.errors import CatalogError, InputError, NoDataError
 from allspark.raster.catalog import BandSpec, MissingBandError
+
+if TYPE_CHECKING:  # xarray, rioxarray and dask load in about 1.5 s: only when loading, not for the early checks
+    import xarray as xr
 
 Loader = Literal["auto", "rasterio", "odc", "stackstac"]
 Composite = Literal["median", "first"]
@@ -162,6 +163,8 @@ def load_stack(
     ``wavelength`` along band (micrometres), ``y``/``x`` pixel centres; CRS and transform are written
     with rioxarray, the nodata value of ``encoding`` too, and ``attrs["stac_items"]`` lists the item ids.
     """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
     if not items:
         raise CatalogError("load_stack needs at least one STAC item")
     if not bands:
@@ -357,6 +360,7 @@ def _load_rasterio(placed: list[list[_PlacedAsset]], assets: list[str], grid: Gr
                    chunks: int) -> xr.DataArray:
     import dask.array as dsa
     import dask.base
+    import xarray as xr
 
     reader = _GridReader(placed, grid.shape, encoding)
     data = dsa.from_array(reader, chunks=(len(placed), len(assets), chunks, chunks),  # all dates: no concatenation
@@ -400,6 +404,8 @@ def _reduce_time(raw: xr.DataArray, bands: Sequence[BandSpec], encoding: Encodin
     Float storage masks each band's own nodata value to NaN here; integer storage already holds its
     one nodata value and stays integer (a median, a float, is rounded back to the storage dtype).
     """
+    import xarray as xr
+
     if not encoding.is_integer:
         band_nodata = xr.DataArray([np.nan if b.nodata is None else b.nodata for b in bands], dims="band")
         raw = raw.where(raw != band_nodata)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pystac
@@ -23,8 +24,10 @@ from allspark.core.atomic import write_text
 from allspark.errors import InputError
 from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
 from allspark.raster.load import CorruptAssetError, Encoding, check_readable, gdal_reason, output_grid, storage_encoding
-from allspark.raster.scene import Scene
 from allspark.raster.windows import Window
+
+if TYPE_CHECKING:  # the scene store's module loads dask, xarray and zarr: not needed for the early checks
+    from allspark.raster.scene import Scene
 
 PLAN_FILE = "plan.json"
 
