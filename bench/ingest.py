@@ -79,10 +79,9 @@ def raw_read(hrefs: list[str], rows: int, cols: int, threads: int) -> None:
 def scene_config(**changes) -> RegionConfig:
     """The region config of the 2000 scene of the mosaic (the whole scene unless an AOI is given).
 
-    A checkpoint path stands in for training: the ingest neither reads nor checks it.
+    It fine-tunes with the defaults, which the ingest never reaches (a checkpoint would be checked by it).
     """
-    settings = {"name": f"bench-ingest-{os.getpid()}", "catalog": str(CONFIG), "datetime": year_range(),
-                "train": None, "checkpoint": "unused-no-inference"}
+    settings = {"name": f"bench-ingest-{os.getpid()}", "catalog": str(CONFIG), "datetime": year_range()}
     return RegionConfig(**(settings | changes))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from allspark.core.bundle import apply_checkpoint
 from allspark.core.steps import Ingested, Mapper, Predicted, Published, Trained
 from allspark.pipelines import get_kind
 
@@ -39,8 +40,10 @@ def run_steps(kind: str, config: Any, mapper: Mapper | None = None) -> Published
     """Ingest, train, predict and publish as tasks of the current flow; log what each found.
 
     With a ``mapper`` (region inference fanned out on Dask), prediction runs in the flow and maps
-    its pieces as tasks; otherwise it is one task.
+    its pieces as tasks; otherwise it is one task. A checkpoint is checked against the run before
+    any task, and the tasks get the config of the model used, which is the config they publish.
     """
+    config = apply_checkpoint(config)
     logger = get_run_logger()
     ingested = ingest_task(kind, config)
     logger.info("ingested: %s", _summary(ingested.summary))

@@ -84,7 +84,7 @@ def region_deployments(
         config.model_validate(config.model_dump() | {"name": name})  # a valid output folder name
         deployments.append(Deployment(
             REGION_ENTRYPOINT, name, WEEKLY,
-            {"config": config.model_dump(mode="json"), "aoi": _project_relative(path), "name": name},
+            {"config": _given(config), "aoi": _project_relative(path), "name": name},
             f"Weekly land-cover map of AOI {path.name} with the settings of {config_file.name}",
             tags=["region"],
         ))
@@ -98,7 +98,7 @@ def file_flow_deployments() -> list[Deployment]:
         kind = get_kind(kind_name)
         config = load_config(kind.config_class(), deployments_dir() / kind.example)
         deployments.append(Deployment(
-            FILE_ENTRYPOINT, config.name, schedule, {"kind": kind_name, "config": config.model_dump(mode="json")},
+            FILE_ENTRYPOINT, config.name, schedule, {"kind": kind_name, "config": _given(config)},
             f"{kind.help} ({kind.example})", tags=[kind_name],
         ))
     return deployments
@@ -129,3 +129,9 @@ def register(deployments: list[Deployment], work_pool: str = WORK_POOL, paused: 
         ).apply()
         names.append(f"{flow.name}/{deployment.name}")
     return names
+
+
+def _given(config) -> dict:
+    """The settings a config file gives (as JSON): what it leaves at the defaults stays unset when the
+    deployment runs, so a checkpoint's model sizes may fill it (see ``allspark.core.bundle.apply_checkpoint``)."""
+    return config.model_dump(mode="json", exclude_unset=True)

@@ -33,6 +33,6 @@ def region_aoi_flow(config: RegionConfig, aoi: str, name: str) -> Published | No
     checkpoint = config.checkpoint or fine_tuned_checkpoint(config)
     get_run_logger().info("mapping AOI %s as %r with the model in %s", aoi, name, checkpoint)
     mapping = RegionConfig.model_validate(
-        config.model_dump() | {"aoi": aoi, "name": name, "checkpoint": checkpoint, "train": None}
+        config.model_dump(exclude_unset=True) | {"aoi": aoi, "name": name, "checkpoint": checkpoint, "train": None}
     )
     return run_region(mapping)

@@ -6,8 +6,9 @@ A bundle is one folder::
     model.safetensors        its trainable weights (the frozen LM is rebuilt from config.llm)
     preprocessing.json       what turns a kind's data into model inputs, fitted on the training data
                              (a band normaliser, feature or graph scaling, a target rule)
-    bundle.json              what publishing needs without loading the model: modality, LM,
-                             parameter counts, torch version
+    bundle.json              what publishing needs without loading the model (modality, LM,
+                             parameter counts, torch version) and the contract a run that applies
+                             it must fit (:class:`Contract`, checked by :func:`check_checkpoint`)
     training_metrics.json    held-out metrics of the fine-tuning run (optional)
     <extra files>            e.g. the held-out pixels of a region run
 
@@ -23,22 +24,46 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from allspark.core.atomic import atomic_dir
 from allspark.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from allspark.core.config import ModelRunConfig
 
 PREPROCESSING_FILE = "preprocessing.json"
 INFO_FILE = "bundle.json"
 METRICS_FILE = "training_metrics.json"
 
+SETTINGS_BLOCKS = ("model", "language")
+"""The run config's blocks that size the model: a checkpoint records them, a run applying it takes them."""
+
 Preprocessing = TypeVar("Preprocessing", bound=BaseModel)
+Config = TypeVar("Config", bound="ModelRunConfig")
+
+
+class Contract(BaseModel):
+    """What a bundle's model is tied to, recorded from the run config that trained it."""
+
+    fields: dict[str, Any]
+    """The kind's own fields (``config.contract()``), e.g. a region's bands, wavelengths and class names in order."""
+    model: dict[str, Any]
+    """The run config's ``model`` block, as it was."""
+    language: dict[str, Any]
+    """The run config's ``language`` block, as it was."""
+
+    def flat(self) -> dict[str, Any]:
+        """Field -> value, the blocks' fields as ``model.<field>`` and ``language.<field>``."""
+        return {**self.fields, **{f"{block}.{field}": value for block in SETTINGS_BLOCKS
+                                  for field, value in getattr(self, block).items()}}
 
 
 class BundleInfo(BaseModel):
-    """What a published STAC record says about a model, read from ``bundle.json`` (no model load)."""
+    """What a published STAC record says about a model and what it is tied to: ``bundle.json`` (no model load)."""
 
     modality: str
     llm: str
@@ -47,6 +72,8 @@ class BundleInfo(BaseModel):
     trainable_parameters: int
     framework_version: str
     preprocessing: str
+    contract: Contract | None = None
+    """None in a bundle written before bundles recorded it: such a bundle cannot be applied as a checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -61,10 +88,17 @@ def save_bundle(
     directory: Path,
     model,
     preprocessing: BaseModel,
+    config: ModelRunConfig,
     metrics: Mapping | None = None,
     extra_files: Mapping[str, str] | None = None,
+    contract: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically into ``directory`` (replacing one there); return it."""
+    """Write a bundle atomically into ``directory`` (replacing one there); return it.
+
+    ``config`` is the run config that trained the model: ``bundle.json`` records its kind's fields
+    (``contract`` where the run knows more than the config, e.g. a region's wavelengths) and its
+    ``model`` and ``language`` blocks.
+    """
     import torch
 
     from allspark.model.checkpoint import save_checkpoint
@@ -82,6 +116,8 @@ def save_bundle(
             trainable_parameters=sum(p.numel() for p in model.trainable_parameters()),
             framework_version=torch.__version__.split("+")[0],
             preprocessing=type(preprocessing).__name__,
+            contract=Contract(fields=_kind_fields(config, contract),
+                              **{block: getattr(config, block).model_dump(mode="json") for block in SETTINGS_BLOCKS}),
         )
         (tmp / INFO_FILE).write_text(info.model_dump_json(indent=2))
         if metrics is not None:
@@ -101,6 +137,70 @@ def bundle_info(directory: str | Path) -> BundleInfo:
                               f"this pipeline") from None
     except ValidationError as err:
         raise CheckpointError(f"checkpoint {directory}: invalid {INFO_FILE}: {err}") from None
+
+
+def check_checkpoint(config: ModelRunConfig, contract: Mapping[str, Any] | None = None) -> BundleInfo:
+    """Refuse the config's checkpoint when it does not fit the run; return its ``bundle.json`` when it does.
+
+    Compared: the modality; the kind's own fields (``config.contract()``, or ``contract`` where the
+    run knows more, e.g. a region plan's wavelengths); the ``model`` and ``language`` settings the
+    config sets explicitly (those left at their defaults are the checkpoint's: :func:`apply_checkpoint`).
+    Every mismatch is named: ``checkpoint <path>: <field> is <its value> there, <the run's> in this run``.
+    Reads JSON only, so it runs before any work and before the orchestrator starts.
+    """
+    checkpoint = config.checkpoint
+    info = bundle_info(checkpoint)
+    if info.modality != config.modality:
+        raise CheckpointError(f"checkpoint {checkpoint}: modality is {info.modality} there, {config.modality} in "
+                              f"this run (a model for another kind of data)")
+    if info.contract is None:
+        raise CheckpointError(f"checkpoint {checkpoint}: its {INFO_FILE} does not record the bands, classes and sizes "
+                              f"its model is tied to (written by an earlier version): delete it and fine-tune again")
+    recorded = info.contract.flat()
+    explicit = {f"{block}.{field}": value for block in SETTINGS_BLOCKS
+                for field, value in _explicit_settings(getattr(config, block)).items()}
+    mismatches = [
+        f"{field} is {_shown(recorded[field]) if field in recorded else 'not recorded'} there, {_shown(value)} "
+        f"in this run"
+        for field, value in {**_kind_fields(config, contract), **explicit}.items()
+        if field not in recorded or recorded[field] != value
+    ]
+    if mismatches:
+        raise CheckpointError(f"checkpoint {checkpoint}: " + "; ".join(mismatches))
+    return info
+
+
+def apply_checkpoint(config: Config, contract: Mapping[str, Any] | None = None) -> Config:
+    """The config of the model a run actually uses: ``config`` when it fine-tunes; with a checkpoint,
+    checked against the run (:func:`check_checkpoint`) and carrying the checkpoint's ``model`` and
+    ``language`` blocks, so the published config and STAC item describe the model that made the outputs.
+
+    Its fingerprint, and so the run's work folder, stays the same (a checkpoint run leaves those blocks out of it).
+    """
+    if config.checkpoint is None:
+        return config
+    recorded = check_checkpoint(config, contract).contract
+    try:
+        blocks = {block: type(getattr(config, block)).model_validate(getattr(recorded, block))
+                  for block in SETTINGS_BLOCKS}
+    except ValidationError as err:
+        raise CheckpointError(f"checkpoint {config.checkpoint}: its recorded model settings do not fit this "
+                              f"version: {err}") from None
+    return config.model_copy(update=blocks)
+
+
+def _kind_fields(config: ModelRunConfig, contract: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The kind's own fields as JSON values (tuples as lists), as ``bundle.json`` holds them."""
+    return to_jsonable_python(dict(config.contract() if contract is None else contract))
+
+
+def _explicit_settings(block: BaseModel) -> dict[str, Any]:
+    """The fields of a config block that the config sets itself, as JSON values."""
+    return block.model_dump(mode="json", include=block.model_fields_set)
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def training_metrics(directory: str | Path) -> dict | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
 from allspark.core.storage import work_dir
 from allspark.errors import ConfigError
@@ -90,24 +90,31 @@ class RunConfig(StrictModel):
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir"})
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     """The kind's own defaults of shared blocks (e.g. ``{"language": {"layers": 2}}``): they fill the
-    keys a config leaves out, whether it gives the block or not (an explicit ``null`` stays null)."""
+    keys a config leaves out, whether it gives the block or not (an explicit ``null`` stays null), and are not
+    counted as set by it (``model_fields_set``), so a checkpoint's settings may replace them."""
     name: str = Field(pattern=NAME_PATTERN, description="names the output folder and the work folder")
     output_dir: Path = Field(Path("outputs"), description="published outputs go to output_dir/name")
     seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _fill_block_defaults(cls, data: Any) -> Any:
+    def _fill_block_defaults(cls, data: Any, handler: ModelWrapValidatorHandler[RunConfig]) -> RunConfig:
         if not isinstance(data, dict) or not cls.block_defaults:
-            return data
+            return handler(data)
         data = dict(data)
+        given_keys = {}
         for key, defaults in cls.block_defaults.items():
             given = data.get(key, {})
             if isinstance(given, BaseModel):
                 given = given.model_dump(exclude_unset=True)
             if isinstance(given, dict):
+                given_keys[key] = set(given)
                 data[key] = {**defaults, **given}
-        return data
+        config = handler(data)
+        for key, keys in given_keys.items():
+            block = getattr(config, key)
+            object.__setattr__(block, "__pydantic_fields_set__", block.model_fields_set & keys)
+        return config
 
     @property
     def publish_dir(self) -> Path:
@@ -116,8 +123,12 @@ class RunConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the outputs (not where they are written)."""
-        payload = self.model_dump(mode="json", exclude=set(self.runtime_fields))
+        payload = self.model_dump(mode="json", exclude=self.unfingerprinted_fields())
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def unfingerprinted_fields(self) -> set[str]:
+        """The fields that do not change what this run computes: the runtime fields."""
+        return set(self.runtime_fields)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -138,9 +149,11 @@ class ModelRunConfig(RunConfig):
     """A run that fine-tunes AllSpark (``train``) or applies a trained model bundle (``checkpoint``).
 
     Kinds narrow ``train`` to their own :class:`TrainSettings` subclass and set its defaults and
-    the language model's in ``block_defaults``.
+    the language model's in ``block_defaults``; each has a ``model`` block (the encoder, bridge and
+    head sizes) and names its model's ``modality``.
     """
 
+    modality: ClassVar[str]
     language: LanguageModelSettings
     train: TrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
@@ -156,6 +169,20 @@ class ModelRunConfig(RunConfig):
     def fine_tunes(self) -> bool:
         """Whether this run fine-tunes a model (else it applies ``checkpoint``)."""
         return self.checkpoint is None
+
+    def contract(self) -> dict[str, Any]:
+        """The kind's own fields a model is tied to (field -> this run's value), beside its modality and sizes.
+
+        Recorded in a bundle when it is saved; a run that applies a checkpoint must have the same values
+        (:func:`allspark.core.bundle.check_checkpoint`). Kinds add theirs (bands, classes, horizon...).
+        """
+        return {}
+
+    def unfingerprinted_fields(self) -> set[str]:
+        """The runtime fields, and with a checkpoint the model and language blocks: the checkpoint decides those
+        (:func:`allspark.core.bundle.apply_checkpoint`), so a run's work folder is the same before and after
+        they are taken from it."""
+        return super().unfingerprinted_fields() | ({"model", "language"} if self.checkpoint is not None else set())
 
 
 Config = TypeVar("Config", bound=RunConfig)

@@ -85,7 +85,14 @@ class Pipeline(Protocol):
 
 
 def run_pipeline(pipeline: Pipeline, config: Any, log: Log = print) -> Published:
-    """All four steps in this process, without an orchestrator (notebooks, benchmarks)."""
+    """All four steps in this process, without an orchestrator (notebooks, benchmarks).
+
+    A checkpoint is checked against the run first, and the steps get the config of the model used
+    (:func:`~allspark.core.bundle.apply_checkpoint`), which is the config they publish.
+    """
+    from allspark.core.bundle import apply_checkpoint
+
+    config = apply_checkpoint(config)
     ingested = pipeline.ingest(config, log)
     trained = pipeline.train(config, ingested, log)
     return pipeline.publish(config, ingested, trained, pipeline.predict(config, ingested, trained))

@@ -183,7 +183,7 @@ def plan_backfill(base: RegionConfig, aois: Sequence[str | Path], start: dt.date
     if len(set(names)) != len(names):
         raise ConfigError(f"AOI names must be unique (they name the output folders): {names}")
     windows = date_windows(start, end, step)
-    settings = base.model_dump()
+    settings = base.model_dump(exclude_unset=True)  # what base leaves at its defaults a checkpoint may set
     return [
         WindowJob(aoi=aoi.name, window=window, config=RegionConfig.model_validate(settings | {
             "name": f"{aoi.name}-{window.label}",

@@ -5,8 +5,9 @@ The defaults are the embedded demo (Landsat 7 over North Carolina, seven land-co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,6 +19,9 @@ from allspark.core.config import (
     TrainSettings,
     load_config,
 )
+
+if TYPE_CHECKING:
+    from allspark.raster.catalog import BandSpec
 
 LANDSAT7_NC_CLASSES = [
     "developed",
@@ -89,6 +93,7 @@ class RegionConfig(ModelRunConfig):
     """Everything one run of the region pipeline needs; the defaults are the embedded demo."""
 
     kind: ClassVar[str] = "region"
+    modality: ClassVar[str] = "multispectral"
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir", "dask_address", "n_workers"})
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "language": {"layers": 4},
@@ -110,6 +115,14 @@ class RegionConfig(ModelRunConfig):
     train: RegionTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
+
+    def contract(self, bands: Sequence[BandSpec] = ()) -> dict[str, Any]:
+        """The band names and class names in order, and the bands' centre wavelengths when the catalog's
+        ``bands`` are known (a run's plan resolves them): what a region model is tied to."""
+        fields: dict[str, Any] = {"bands": list(self.bands), "class_names": list(self.class_names)}
+        if bands:
+            fields["wavelengths"] = [band.center_wavelength for band in bands]
+        return fields
 
 
 def load_region_config(path: str | Path | None = None, **overrides: object) -> RegionConfig:

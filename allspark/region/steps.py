@@ -38,7 +38,7 @@ from shapely import box
 from allspark.core.publish import (copy_bundle, item_sources, mlm_fields, published, run_assets, write_geoparquet,
                                    write_stac_catalog)
 from allspark.core.atomic import switched_folder, write_json, write_text
-from allspark.core.bundle import bundle_digest, load_bundle, save_bundle
+from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle
 from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
 from allspark.core.storage import check_writable, content_digest, folder_lock, work_dir
 from allspark.errors import ConfigError
@@ -104,6 +104,8 @@ def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
 def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     """Search, check, and write the scene once to ``<work>/scene.zarr`` (kept when already complete)."""
     region_plan = plan(config)
+    if config.checkpoint is not None:  # the catalog's wavelengths are known now: refuse a misfit before any work
+        check_checkpoint(config, config.contract(region_plan.bands))
     work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
     check_writable(config.publish_dir, work, min_free_bytes=storage_estimate(config, region_plan))
     save_plan(region_plan, work)
@@ -152,6 +154,7 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
     Only the part of the scene around the labels (plus one chip of context) is read.
     """
     if config.checkpoint is not None:
+        check_checkpoint(config, config.contract(load_plan(ingested.work_dir).bands))
         return given_checkpoint(config.checkpoint)
     if config.train is None:
         raise ConfigError(f"region {config.name!r} has no train settings: nothing to fine-tune")
@@ -176,8 +179,9 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
         labels_name=f"the labels {href} (STAC item {label_item.id})",
     )
     metrics["label_item"] = label_item.id
-    save_bundle(directory, model, normalizer, metrics, extra_files={
-        HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)})
+    save_bundle(directory, model, normalizer, config, metrics, extra_files={
+        HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)},
+        contract=config.contract(scene.bands))
     return Trained(checkpoint=directory, metrics=metrics)
 
 

@@ -56,6 +56,7 @@ class SensorsConfig(ModelRunConfig):
     """Everything one run of the sensors pipeline needs."""
 
     kind: ClassVar[str] = "sensors"
+    modality: ClassVar[str] = "table"
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "language": {"layers": 2},
         # one epoch on a 4,000-row subsample (CPU-sized)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from allspark.core.atomic import atomic_dir, atomic_file
-from allspark.core.bundle import bundle_digest, load_bundle, save_bundle
+from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle
 from allspark.core.publish import mlm_fields, publish_table
 from allspark.core.steps import (
     Ingested,
@@ -130,6 +130,7 @@ def _observations(config: SensorsConfig, ingested: Ingested) -> tuple[pd.DataFra
 def train(config: SensorsConfig, ingested: Ingested, log: Log = print) -> Trained:
     """The config's checkpoint, or the bundle fine-tuned on the training split in ``<work>/model`` (reused)."""
     if not config.fine_tunes:
+        check_checkpoint(config)
         return given_checkpoint(config.checkpoint)
     directory = ingested.work_dir / "model"
     if directory.is_dir():
@@ -144,7 +145,7 @@ def train(config: SensorsConfig, ingested: Ingested, log: Log = print) -> Traine
     model, metrics = fit_table_model(config.model, config.language, config.train, frame, rows, preprocessing,
                                      config.seed, log)
     metrics["train_rows_available"] = int((is_train & frame[TARGET].notna().to_numpy()).sum())
-    save_bundle(directory, model, preprocessing, metrics)
+    save_bundle(directory, model, preprocessing, config, metrics)
     return Trained(checkpoint=directory, metrics=metrics)
 
 

@@ -60,6 +60,7 @@ class TrafficConfig(ModelRunConfig):
     """Everything one run of the traffic pipeline needs."""
 
     kind: ClassVar[str] = "traffic"
+    modality: ClassVar[str] = "graph"
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "language": {"layers": 2},
         # paper: 10 epochs at 8e-5 with 2 warm-up
@@ -103,6 +104,10 @@ class TrafficConfig(ModelRunConfig):
         if abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ValueError(f"split {self.split} must be three positive fractions summing to 1")
         return self
+
+    def contract(self) -> dict[str, Any]:
+        """The forecast's steps and their length: the head's outputs and the encoder's time-of-day slots."""
+        return {"horizon": self.horizon, "step_minutes": self.step_minutes}
 
     def input_files(self) -> list[Path]:
         """The speeds, adjacency and locations files (their content keys the work folder)."""

@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from allspark.core.atomic import atomic_dir
-from allspark.core.bundle import bundle_digest, load_bundle, save_bundle, training_metrics
+from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle, training_metrics
 from allspark.core.publish import mlm_fields, publish_table
 from allspark.core.steps import (
     Ingested,
@@ -104,11 +104,12 @@ def open_store(store: Path) -> xr.Dataset:
 def train(config: TrafficConfig, ingested: Ingested, log: Log = print) -> Trained:
     """The config's checkpoint, or the model bundle in ``<work>/model`` (fine-tuned there when absent)."""
     if config.checkpoint is not None:
+        check_checkpoint(config)
         return given_checkpoint(config.checkpoint)
     directory = ingested.work_dir / MODEL_DIR
     if not directory.is_dir():
         model, scaling, metrics = fit_model(config, open_store(ingested.store), log)
-        save_bundle(directory, model, scaling, metrics)
+        save_bundle(directory, model, scaling, config, metrics)
     return Trained(checkpoint=directory, metrics=training_metrics(directory))
 
 

@@ -55,6 +55,7 @@ class TrajectoriesConfig(ModelRunConfig):
     """Everything one run of the trajectories pipeline needs."""
 
     kind: ClassVar[str] = "trajectories"
+    modality: ClassVar[str] = "trajectory"
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "language": {"layers": 4},
         # paper: 1e-5 over 30 epochs; a higher rate for short CPU runs
@@ -91,6 +92,10 @@ class TrajectoriesConfig(ModelRunConfig):
         if self.fine_tunes and not self.train_files:
             raise ValueError("fine-tuning needs train_files")
         return self
+
+    def contract(self) -> dict[str, Any]:
+        """The future's steps and their length: the head's horizon and what one step of motion means."""
+        return {"future_steps": self.future_steps, "step_seconds": self.step_seconds}
 
     @property
     def window_rule(self) -> WindowRule:

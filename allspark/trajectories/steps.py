@@ -19,7 +19,7 @@ import pyproj
 import zarr
 
 from allspark.core.atomic import atomic_dir
-from allspark.core.bundle import bundle_digest, load_bundle, save_bundle, training_metrics
+from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle, training_metrics
 from allspark.core.publish import mlm_fields, publish_table
 from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
 from allspark.core.storage import check_writable, total_size
@@ -110,6 +110,7 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
     their targets, and trains with random scene rotations when ``rotate``.
     """
     if not config.fine_tunes:
+        check_checkpoint(config)
         return given_checkpoint(config.checkpoint)
     directory = ingested.work_dir / MODEL_DIR
     if directory.is_dir():
@@ -140,7 +141,7 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
                "epochs": settings.epochs, "llm_layers": config.language.layers,
                "epoch_losses": [epoch["loss"] for epoch in history["epochs"]],
                "training_seconds": history["seconds"]}
-    return Trained(checkpoint=save_bundle(directory, model, preprocessing, metrics), metrics=metrics)
+    return Trained(checkpoint=save_bundle(directory, model, preprocessing, config, metrics), metrics=metrics)
 
 
 def predict(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, mapper: Mapper = serial_map) -> Predicted:
