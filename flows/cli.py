@@ -8,7 +8,9 @@
     allspark config show [--config FILE]
     allspark modalities [--json]
 
-A bad input is one line and exit code 2 (``allspark --debug ...`` shows its traceback too).
+A bad input is one line and exit code 2 (``allspark --debug ...`` shows its traceback too). Without
+``PREFECT_API_URL``, a run gets a temporary Prefect server that dies with it, even on SIGKILL
+(:func:`flows.serve.run_server`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import get_args
 
 import flows  # noqa: F401  (sets the Prefect defaults before Prefect is imported)
+from allspark.core.bundle import apply_checkpoint
 from allspark.core.config import load_config
 from allspark.core.steps import Published
 from allspark.core.storage import check_writable
@@ -28,6 +31,7 @@ from allspark.errors import AllSparkError, ConfigError
 from allspark.pipelines import FILE_KINDS, get_kind
 from allspark.region.config import RegionConfig, load_region_config
 from allspark.settings import deployments_dir
+from flows.serve import run_server
 
 
 def _region_overrides(args: argparse.Namespace) -> dict:
@@ -56,13 +60,15 @@ def _run_region(args: argparse.Namespace) -> int:
     from allspark.region.read import plan_region
 
     config = load_region_config(args.config, **_region_overrides(args))
-    # the catalog, AOI, dates, bands, assets and output folder, checked in a second or two before the
+    # the catalog, AOI, dates, bands, assets, checkpoint and output folder, checked in a second or two before the
     # orchestrator starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
-    plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    plan = plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    config = apply_checkpoint(config, config.contract(plan.bands))
     check_writable(config.publish_dir)
     from flows.region import run_region  # imports Prefect and torch: only when running
 
-    published = run_region(config)
+    with run_server():
+        published = run_region(config)
     _print_published(f"Outputs of region {config.name!r} in {config.publish_dir.resolve()}:", published)
     metrics = published.metrics
     if metrics.get("holdout_accuracy") is not None:
@@ -76,11 +82,12 @@ def _run_file_flow(args: argparse.Namespace) -> int:
     kind = get_kind(args.flow)
     path = args.config or deployments_dir() / kind.example
     overrides = {"name": args.name, "output_dir": args.output_dir, "checkpoint": args.checkpoint}
-    config = load_config(kind.config_class(), path, **overrides)
+    config = apply_checkpoint(load_config(kind.config_class(), path, **overrides))
     check_writable(config.publish_dir)  # before the orchestrator starts, as for a region run
     from flows.files import run_file_flow  # imports Prefect and torch: only when running
 
-    published = run_file_flow(config)
+    with run_server():
+        published = run_file_flow(config)
     _print_published(f"Outputs of {args.flow} run {config.name!r}:", published)
     summary = published.metrics.get("summary", published.metrics)
     print(f"\nSummary (all figures in {Path(published.paths['metrics']).name}):\n"
@@ -92,10 +99,12 @@ def _run_backfill(args: argparse.Namespace) -> int:
     from allspark.region.backfill import plan_backfill
     from flows.backfill import run_backfill  # Prefect and torch: only when running
 
-    config = load_region_config(args.config, output_dir=args.output_dir, dask_address=args.dask_address)
+    config = apply_checkpoint(load_region_config(args.config, output_dir=args.output_dir,
+                                                 dask_address=args.dask_address))
     plan_backfill(config, args.aoi, args.start, args.end, args.step, args.name)  # bad input fails before Prefect starts
-    summary = run_backfill(aois=args.aoi, start=args.start, end=args.end, step=args.step, config=config,
-                           name=args.name, concurrency=args.concurrency, retries=args.retries)
+    with run_server():
+        summary = run_backfill(aois=args.aoi, start=args.start, end=args.end, step=args.step, config=config,
+                               name=args.name, concurrency=args.concurrency, retries=args.retries)
     print(f"\n{summary['table']}\n\nReport: {summary['report']['markdown']}\nSTAC catalog: {summary['catalog']}")
     return 1 if summary["counts"]["failed"] else 0
 

@@ -10,12 +10,17 @@ edited configs and new AOI files). ``stop`` stops the worker first (a worker who
 ignores SIGTERM): SIGINT, then SIGKILL for whatever is left, flow runs included; stopping when
 nothing runs is fine. With ``PREFECT_API_URL`` set, no local server is started: the deployments go
 to that server and the worker serves it.
+
+:func:`run_server` is the temporary server of one ``allspark run`` or ``allspark backfill``: it dies
+with the run, even when the run is killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import signal
@@ -25,6 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +102,7 @@ class Background:
         started = time.monotonic()
         with ALREADY_GONE:
             os.killpg(state["pid"], signal.SIGINT)
-        alive = _wait_gone(family, grace)
+        alive = wait_gone(family, grace)
         if not alive:
             return f"stopped in {time.monotonic() - started:.0f} s"
         for process in alive:
@@ -104,8 +110,13 @@ class Background:
                 process.kill()
         with ALREADY_GONE:
             os.killpg(state["pid"], signal.SIGKILL)
-        _wait_gone(alive, 10)
+        wait_gone(alive, 10)
         return f"killed: {len(alive)} of its processes still ran {grace:.0f} s after SIGINT"
+
+    def wait_ready(self, ready: Callable[[], bool], what: str) -> None:
+        """Wait until ``ready()``; fail with the end of the log if the process stops or takes too long."""
+        _wait(ready, what, alive=lambda: self.running() is not None,
+              log=lambda: f"the end of {self.log_file}:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_file.exists():
@@ -121,7 +132,7 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-def _wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait up to ``timeout`` seconds for the processes to end; return those still alive."""
     deadline = time.monotonic() + timeout
     while (alive := [p for p in processes if _alive(p)]) and time.monotonic() < deadline:
@@ -147,14 +158,15 @@ def server_healthy(url: str) -> bool:
         return False
 
 
-def _wait(ready, process: Background, what: str, timeout: float = START_TIMEOUT) -> None:
-    """Poll ``ready()`` until it is true; fail with the log's tail if the process dies or time runs out."""
+def _wait(ready: Callable[[], bool], what: str, alive: Callable[[], bool], log: Callable[[], str],
+          timeout: float = START_TIMEOUT) -> None:
+    """Poll ``ready()`` until it is true; fail with ``log()`` if the process stops or time runs out."""
     deadline = time.monotonic() + timeout
     while not ready():
-        if process.running() is None:
-            raise ServeError(f"the {what} stopped while starting; the end of {process.log_file}:\n{process.log_tail()}")
+        if not alive():
+            raise ServeError(f"the {what} stopped while starting; {log()}")
         if time.monotonic() > deadline:
-            raise ServeError(f"the {what} was not ready after {timeout:.0f} s; see {process.log_file}")
+            raise ServeError(f"the {what} was not ready after {timeout:.0f} s; {log()}")
         time.sleep(0.5)
 
 
@@ -165,7 +177,7 @@ def ensure_server(port: int) -> str:
     if state is not None:
         if state["url"] != api_url(port):
             print(f"A server started earlier runs at {state['url']}; `make serve-stop` first to change the port.")
-        _wait(lambda: server_healthy(state["url"]), server, "Prefect server")
+        server.wait_ready(lambda: server_healthy(state["url"]), "Prefect server")
         return state["url"]
     url = api_url(port)
     if _port_in_use(port):
@@ -173,8 +185,75 @@ def ensure_server(port: int) -> str:
                          f"or ALLSPARK_PREFECT_PORT")
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     server.start([*PREFECT, "server", "start", "--host", HOST, "--port", str(port)], env, url=url)
-    _wait(lambda: server_healthy(url), server, "Prefect server")
+    server.wait_ready(lambda: server_healthy(url), "Prefect server")
     return url
+
+
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+
+
+def _die_with_parent(prctl: Callable[[int, int], int], parent: int) -> None:
+    """Between fork and exec: have Linux SIGKILL this child when ``parent`` dies; exit if it already has.
+
+    Linux sends the signal when the thread that started the child ends: start it from the main thread."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_server() -> Iterator[None]:
+    """A temporary Prefect server for one run of the ``allspark`` command, which dies with the run.
+
+    Without ``PREFECT_API_URL``, Prefect starts a temporary server of its own and stops it only when the
+    run exits normally: a killed run (SIGKILL, the OOM killer) leaves it running and listening, about
+    225 MB each, and every Dask worker of a region run starts one more. This one is started as Prefect
+    starts its own (``SubprocessASGIServer``), but with Linux's parent-death signal, so it dies with the
+    run however the run ends; every Prefect call of the run, the Dask workers' included, goes to it.
+    With ``PREFECT_API_URL`` set, or off Linux, Prefect's own behaviour stays.
+    """
+    import prefect
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if PREFECT_API_URL.value() or sys.platform != "linux":
+        yield
+        return
+    port = _free_port()
+    url = api_url(port)
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+               "prefect.server.api.server:create_app", "--host", HOST, "--port", str(port), "--log-level", "error",
+               "--lifespan", "on"]
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    server = subprocess.Popen(command, env=env, preexec_fn=functools.partial(_die_with_parent, prctl, os.getpid()))
+    try:
+        _wait(lambda: server_healthy(url), "temporary Prefect server", alive=lambda: server.poll() is None,
+              log=lambda: "its output is above", timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        APILogWorker.drain_all()  # the run's last logs and events go out before the server stops
+        EventsWorker.drain_all()
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def ensure_work_pool(name: str) -> None:
@@ -213,7 +292,7 @@ def ensure_worker(pool: str, url: str) -> None:
             return any(w.last_heartbeat_time and w.last_heartbeat_time.timestamp() >= started - 1
                        for w in client.read_workers_for_work_pool(pool))
 
-    _wait(online, worker, "worker")
+    worker.wait_ready(online, "worker")
 
 
 def start(port: int, pool: str, dask_address: str | None, paused: bool) -> None:
