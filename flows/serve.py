@@ -46,6 +46,7 @@ START_TIMEOUT = 180  # seconds; a first start on 2 cores creates the database
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
+START_TIME_SLACK = 2.0  # seconds: the same process, seen again later (see Background.running)
 ALREADY_GONE = contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess)  # stopping what is already gone is fine
 
 
@@ -76,7 +77,9 @@ class Background:
         try:
             state = json.loads(self.state_file.read_text())
             process = psutil.Process(state["pid"])
-            same = process.create_time() == state["create_time"]
+            # Linux derives start times from the boot time, which clock adjustments of a VM shift by a second
+            # or so: a reused pid starts later than that
+            same = abs(process.create_time() - state["create_time"]) < START_TIME_SLACK
         except (FileNotFoundError, json.JSONDecodeError, KeyError, psutil.NoSuchProcess):
             return None
         return state if same and _alive(process) else None

@@ -192,8 +192,9 @@ def test_labels_fixed_in_place_train_a_new_model_equal_to_a_fresh_run(tmp_path, 
     labels = label_href(pystac.Catalog.from_file(str(catalog_json)).get_item(LABEL_ITEM_ID, recursive=True))
     with rasterio.open(labels) as src:
         profile, values = src.profile, src.read(1)
-    with rasterio.open(labels, "w", **profile) as dst:  # same path: every class-2 pixel becomes class 3
-        dst.write(np.where(values == 2, 3, values).astype(values.dtype), 1)
+    classes = len(config.class_names)
+    with rasterio.open(labels, "w", **profile) as dst:  # same path: every labelled pixel gets the next class
+        dst.write(np.where(values > 0, values % classes + 1, values).astype(values.dtype), 1)
     fixed = run_pipeline(steps, config, log=lambda _: None)
     assert fixed.metrics["fine_tuning"] != first.metrics["fine_tuning"]  # trained again, on the new labels
     assert scene_store.stat().st_mtime_ns == scene_written  # the scene does not read the labels: kept
