@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 
 import pystac
-import pytest
-import yaml
 
 from allspark.core.atomic import CURRENT, RUNS
 from allspark.core.steps import run_pipeline
