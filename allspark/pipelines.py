@@ -38,9 +38,10 @@ KINDS: dict[str, Kind] = {
              "region-demo.yaml"),
         Kind("trajectories", "pedestrian trajectories (ETH/UCY or a table) -> K futures per agent, GeoParquet",
              "TrajectoriesConfig", "trajectories-eth.yaml"),
-        Kind("sensors", "station time series (PRSA air quality) -> PM2.5 per station and hour, GeoParquet",
+        Kind("sensors", "station tables of any layout (example: PRSA air quality) -> targets per station and time, "
+             "or forecasts, GeoParquet",
              "SensorsConfig", "sensors-prsa.yaml"),
-        Kind("traffic", "sensor network speeds (METR-LA style) -> speed per sensor and horizon, GeoParquet",
+        Kind("traffic", "sensor network speeds (wide CSV or long table) -> speed per sensor and horizon, GeoParquet",
              "TrafficConfig", "traffic-losloop.yaml"),
     )
 }

@@ -20,10 +20,12 @@ from tests.conftest import PROJECT, TEST_LLM_LAYERS
 
 pytestmark = pytest.mark.usefixtures("language_model")
 
+TABLE_CATEGORIES = [12, 16, 24, 7]  # station, wind direction, hour, weekday
+
 TO_MODEL = {
     "region": lambda language: RegionModelConfig().allspark_config(["a", "b", "c"], language),
     "trajectories": lambda language: TrajectoryModelConfig().allspark_config(12, language),
-    "sensors": lambda language: SensorModelConfig().allspark_config(language, 10),
+    "sensors": lambda language: SensorModelConfig().allspark_config(language, 10, TABLE_CATEGORIES, ["PM2.5"]),
     "traffic": lambda language: TrafficModelConfig().allspark_config(num_nodes=5, horizon=12, step_minutes=5,
                                                                       language=language),
 }
@@ -49,7 +51,8 @@ def test_every_kind_passes_the_language_block_switches_to_the_model(kind):
 
 def table_model(**overrides) -> AllSpark:
     seed_everything(0)
-    config = SensorModelConfig().allspark_config(LanguageModelSettings(layers=TEST_LLM_LAYERS, **overrides), 10)
+    config = SensorModelConfig().allspark_config(LanguageModelSettings(layers=TEST_LLM_LAYERS, **overrides), 10,
+                                                 TABLE_CATEGORIES, ["PM2.5"])
     return AllSpark(config, device="cpu")
 
 

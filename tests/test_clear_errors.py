@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from allspark.core.config import LanguageModelSettings
+from allspark.core.tables import LocationColumns, TableSchema, read_rows
 from allspark.errors import CatalogError, InputError, NoDataError, StorageError
 from allspark.model import AllSpark
 from allspark.raster.load import CorruptAssetError
@@ -324,14 +325,27 @@ def binary_file() -> bytes:
     return Path(sys.executable).resolve().read_bytes()[:4096]
 
 
+TRACKS = TableSchema(id="agent_id", time={"column": "t", "unit": "s", "step": "400ms"},
+                     location={"x": "x", "y": "y", "crs": "EPSG:32632"})
+STATIONS = TableSchema(id="station", time={"column": "time"}, targets=["pm25"])
+
+
+def read_with_locations(path: Path):
+    """Read a one-row station table whose stations are placed by the locations file ``path``."""
+    table = path.parent / "table.csv"
+    table.write_text("station,time,pm25\nA,2020-01-01T00:00,1\n")
+    schema = STATIONS.model_copy(update={"location": LocationColumns(file=str(path))})
+    return sensors_read.read_observations([table], schema, None, None, True)
+
+
 @pytest.mark.parametrize(("name", "read", "expected"), [
     ("speed.csv", traffic_read.read_speeds, "cannot be read as CSV"),
     ("locations.csv", traffic_read.read_locations, "cannot be read as CSV"),
-    ("tracks.csv", trajectories_read.read_table, "cannot be read as CSV"),
-    ("tracks.parquet", trajectories_read.read_table, "cannot be read as Parquet"),
+    ("tracks.csv", lambda path: trajectories_read.read_table(path, TRACKS), "cannot be read as CSV"),
+    ("tracks.parquet", lambda path: trajectories_read.read_table(path, TRACKS), "cannot be read as Parquet"),
     ("biwi_eth.txt", trajectories_read.read_eth_ucy, "not in the ETH/UCY format"),
-    ("station.csv", lambda path: sensors_read.read_station_table(path, []), "cannot be read as CSV"),
-    ("stations.geojson", lambda path: sensors_read.read_locations(str(path)), "cannot be read as GeoJSON"),
+    ("station.csv", lambda path: read_rows(path, STATIONS), "cannot be read as CSV"),
+    ("stations.geojson", read_with_locations, "cannot be read as a vector file"),
 ])
 def test_unreadable_tables_are_named(tmp_path, binary_file, name, read, expected):
     path = tmp_path / name

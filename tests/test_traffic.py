@@ -14,9 +14,12 @@ import pyarrow.parquet as pq
 import pystac
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from allspark.core.steps import run_pipeline
 from allspark.errors import InputError
 from allspark.traffic import steps
+from allspark.traffic.config import TrafficConfig
 from allspark.traffic.inputs import (
     GraphScaling,
     GraphWindows,
@@ -27,14 +30,14 @@ from allspark.traffic.inputs import (
     split_windows,
 )
 from allspark.traffic.read import read_graph
-from tests.file_flows import SENSORS, STEPS, traffic_config, traffic_slice
+from tests.file_flows import SENSORS, STEPS, TRAFFIC_ZONE, traffic_config, traffic_long, traffic_slice, traffic_table
 from tests.stac_schemas import validate_catalog
 
 
 
 def read(config):
-    """The graph of a config's three files, read as the ingest step reads them."""
-    return read_graph(config.speeds, config.adjacency, config.locations, config.missing_location)
+    """The graph of a config's files, read as the ingest step reads them."""
+    return read_graph(config.speeds, config.adjacency, config.locations, config.missing_location, config.table)
 
 
 # -- bad input: each with its own test ------------------------------------------------------------
@@ -74,6 +77,111 @@ def test_zeros_are_missing_speeds(tmp_path):
     assert graph.missing_speeds == 1 and np.isnan(graph.speeds[4, 2])
 
 
+# -- long tables: one row per sensor and time; each bad one stops the run before any output ---------
+
+
+def _speed_missing_everywhere(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    return rows.assign(speed="0"), r"target column 'speed' is missing in every row of \[.*long\.csv'\]"
+
+
+def _negative_speed(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    rows.loc[5, "speed"] = "-3"
+    return rows, r"long\.csv: line 7, column 'speed': expected a speed >= 0, got -3\.0"
+
+
+def _time_off_the_step(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    i = rows.index[rows["time"] > rows["time"].min()][0]  # not a sensor's first time
+    rows.loc[i, "time"] = str(pd.Timestamp(rows.loc[i, "time"]) + pd.Timedelta("2min"))
+    return rows, (rf"long\.csv: line {i + 2}: time {rows.loc[i, 'time']}-08:00 of station '{rows.loc[i, 'sensor']}' "
+                  r"is off its 0 days 00:05:00 step")
+
+
+def _sensor_off_the_grid(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    sensor = rows.loc[0, "sensor"]
+    own = rows["sensor"] == sensor
+    rows.loc[own, "time"] = (pd.to_datetime(rows.loc[own, "time"]) + pd.Timedelta("2min")).astype(str)
+    first = rows.index[own & (rows["time"] == "2012-03-05 00:02:00")][0]
+    return rows, (rf"long\.csv: line {first + 2}: sensor '{sensor}' starts at 2012-03-05 00:02:00-08:00, off the "
+                  r"5min steps from the table's first time 2012-03-05 00:00:00-08:00")
+
+
+def _sensor_twice_at_one_time(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    expected = rf"long\.csv: line {len(rows) + 2}: station '{rows.loc[5, 'sensor']}' at .* repeats line 7"
+    return pd.concat([rows, rows.loc[[5]]]), expected
+
+
+@pytest.mark.parametrize("spoil", [_speed_missing_everywhere, _negative_speed, _time_off_the_step,
+                                   _sensor_off_the_grid, _sensor_twice_at_one_time], ids=lambda f: f.__name__[1:])
+def test_a_bad_long_table_names_file_row_and_column_and_publishes_nothing(spoil, tmp_path):
+    files = traffic_slice(tmp_path)
+    long = traffic_long(files["speeds"], tmp_path / "long.csv")
+    rows, expected = spoil(pd.read_csv(long, dtype=str, keep_default_na=False))
+    rows.to_csv(long, index=False)
+    config = traffic_config({**files, "speeds": long}, tmp_path / "outputs", table=traffic_table())
+    with pytest.raises(InputError, match=expected):
+        run_pipeline(steps, config)
+    assert not config.output_dir.exists() or not any(config.output_dir.iterdir()), "output written despite the error"
+
+
+def test_a_long_tables_missing_readings_and_steps_are_nan_and_counted(tmp_path):
+    files = traffic_slice(tmp_path, id_order=True)
+    long = traffic_long(files["speeds"], tmp_path / "long.csv")
+    rows = pd.read_csv(long, dtype=str)
+    step_100 = rows.index[rows["time"] == "2012-03-05 08:20:00"]  # every sensor
+    one_at_step_50 = rows.index[rows["time"] == "2012-03-05 04:10:00"][:1]
+    rows.drop(index=[*step_100, *one_at_step_50]).to_csv(long, index=False)
+    graph = read(traffic_config({**files, "speeds": long}, tmp_path, table=traffic_table()))
+    wide = read(traffic_config(files, tmp_path))
+    assert graph.speeds.shape == (STEPS, SENSORS) and graph.sensor_ids == wide.sensor_ids
+    assert graph.missing_speeds == 1 + SENSORS + 1  # the "0", step 100, one reading of step 50
+    assert np.isnan(graph.speeds[100]).all() and np.isnan(graph.speeds[50]).sum() == 1
+    observed = ~np.isnan(graph.speeds)
+    np.testing.assert_array_equal(graph.speeds[observed], wide.speeds[observed])
+    assert graph.start == pd.Timestamp("2012-03-05T00:00", tz=TRAFFIC_ZONE)
+
+
+def _table(**changes) -> dict:
+    return traffic_table() | changes
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"table": _table(), "start": "2012-03-05T00:00:00-08:00"}, "leave out start with a `table`"),
+    ({"table": _table(), "step_minutes": 5}, "leave out step_minutes with a `table`"),
+    ({"table": _table(targets=["speed", "flow"])}, r"table.targets must name exactly one column, the speed \(got"),
+    ({"table": _table(targets=[])}, "table.targets must name exactly one column"),
+    ({"table": _table(continuous=["flow"])}, "table.continuous and table.categorical must be empty"),
+    ({"table": _table(time={"column": "time", "step": "7min"})}, "table.time.step '7min' must be a whole number of "
+                                                                 "minutes that divides a day"),
+    ({"table": _table(time={"column": "time", "step": "90s"})}, "table.time.step '90s' must be a whole number"),
+    ({"table": _table(), "locations": None}, "no sensor locations: give `locations` .* or table.location"),
+    ({"locations": None}, "no sensor locations: give `locations`"),
+    ({"table": traffic_table(location=True)}, "sensor locations given twice"),
+    ({"table": traffic_table(location=True), "locations": None, "missing_location": "drop"},
+     "missing_location: drop applies to a `locations` CSV"),
+])
+def test_an_inconsistent_traffic_config_is_refused(fields, expected, tmp_path):
+    files = {"speeds": tmp_path / "long.csv", "locations": tmp_path / "places.csv"}
+    with pytest.raises(ValidationError, match=expected):
+        traffic_config(files | fields, tmp_path)
+
+
+def test_a_table_config_derives_its_start_and_step_and_lists_only_the_files_given(tmp_path):
+    places = {"file": str(tmp_path / "places.csv"), "id": "sensor_id", "x": "longitude", "y": "latitude"}
+    config = traffic_config({"speeds": tmp_path / "long.parquet"}, tmp_path,
+                            table=_table(time={"column": "time", "step": "15min"}, location=places))
+    assert config.step_minutes == 15 and "step_minutes" not in config.model_fields_set
+    assert config.contract() == {"horizon": 12, "step_minutes": 15}
+    assert config.input_files() == [tmp_path / "long.parquet", tmp_path / "places.csv"]
+    written = yaml.safe_load(config.to_yaml())  # what config.yaml holds: loads again, without start and step
+    assert not {"start", "step_minutes"} & set(written) and TrafficConfig.model_validate(written) == config
+    wide_files = {"speeds": tmp_path / "speed.csv", "adjacency": tmp_path / "adj.csv",
+                  "locations": tmp_path / "places.csv"}
+    wide = traffic_config(wide_files, tmp_path)
+    assert "table" not in yaml.safe_load(wide.to_yaml()) and wide.input_files() == list(wide_files.values())
+    assert traffic_config(wide_files | {"adjacency": None}, tmp_path).input_files() == [wide_files["speeds"],
+                                                                                        wide_files["locations"]]
+
+
 # -- windows, calendar, metrics -------------------------------------------------------------------
 
 
@@ -90,6 +198,11 @@ def test_time_of_day_is_the_row_index_mod_288_and_the_start_sets_the_weekday():
     assert day[0] == 5 and day[288] == 6 and day[576] == 0
     slot, day = calendar(3, datetime.fromisoformat("2012-03-05T23:55:00-08:00"), 5)
     assert slot.tolist() == [287, 0, 1] and day.tolist() == [0, 1, 1]
+
+
+def test_a_tables_time_zone_moves_the_time_of_day_with_daylight_saving():
+    slot, day = calendar(3, "2012-03-11T01:55:00-08:00", 5, TRAFFIC_ZONE)  # a Sunday; 02:00 PST is 03:00 PDT
+    assert slot.tolist() == [23, 36, 37] and day.tolist() == [6, 6, 6]
 
 
 def test_metrics_mask_missing_speeds_in_mape():
@@ -232,3 +345,47 @@ def test_a_given_checkpoint_is_applied_without_fine_tuning(first_run, tmp_path):
     predicted = steps.predict(applied, ingested, trained)
     assert predicted.summary["test_windows"] == published.metrics["data"]["test_windows"]
     assert predicted.summary["allspark 60 min MAE"] == pytest.approx(published.metrics["test"]["allspark"]["60 min"]["mae"])
+
+
+# -- a long table gives the forecasts of the wide CSV ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """The slice as a wide CSV, its columns in sensor-id order (a long table's order), through the four steps."""
+    folder = tmp_path_factory.mktemp("wide")
+    files = traffic_slice(folder, id_order=True)
+    return files, run_pipeline(steps, traffic_config(files, folder / "outputs"))
+
+
+def assert_same_forecasts(published, wide):
+    """The published forecasts, their times, the metrics and the item's time span equal the wide run's."""
+    ours, theirs = (gpd.read_parquet(p.paths["predictions"]) for p in (published, wide))
+    pd.testing.assert_frame_equal(ours[["sensor_id", "horizon_minutes"]], theirs[["sensor_id", "horizon_minutes"]])
+    for column in ("issued_at", "valid_at"):  # the same instants, on the table's clock
+        assert (ours[column] == theirs[column]).all() and str(ours[column].dt.tz) == TRAFFIC_ZONE
+    for column in ("predicted_speed", "observed_speed"):
+        np.testing.assert_allclose(ours[column], theirs[column], rtol=1e-6, atol=0)
+    assert ours.geometry.geom_equals_exact(theirs.geometry, tolerance=1e-9).all()
+    assert published.metrics["test"] == wide.metrics["test"] and published.metrics["data"] == wide.metrics["data"]
+    items = [next(pystac.Catalog.from_file(str(p.catalog)).get_items(recursive=True)) for p in (published, wide)]
+    assert [(i.properties["start_datetime"], i.properties["end_datetime"]) for i in items] == 2 * [
+        ("2012-03-05T08:00:00Z", "2012-03-06T08:55:00Z")]
+
+
+def test_a_long_table_with_timestamps_gives_the_forecasts_of_the_wide_csv(wide_run, tmp_path):
+    files, wide = wide_run
+    long = traffic_long(files["speeds"], tmp_path / "long.csv")  # rows shuffled, local times, "0" = no reading
+    config = traffic_config({**files, "speeds": long}, tmp_path / "outputs", table=traffic_table())
+    assert_same_forecasts(run_pipeline(steps, config), wide)
+
+
+def test_a_long_parquet_table_with_its_own_locations_and_no_adjacency_gives_the_same_forecasts(wide_run, tmp_path):
+    files, wide = wide_run
+    long = traffic_long(files["speeds"], tmp_path / "long.parquet", locations=files["locations"])
+    config = traffic_config({"speeds": long}, tmp_path / "outputs", table=traffic_table(location=True))
+    published = run_pipeline(steps, config)
+    assert_same_forecasts(published, wide)
+    assert "adjacency" not in steps.open_store(config.work_dir() / steps.GRAPH_STORE)
+    (item,) = pystac.Catalog.from_file(str(published.catalog)).get_items(recursive=True)
+    assert {link.title for link in item.get_links("derived_from")} == {"long.parquet"}

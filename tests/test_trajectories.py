@@ -94,29 +94,75 @@ def test_a_lone_agent_window_is_skipped_and_counted(tmp_path):
     assert len(tr.build_windows(tr.read_eth_ucy(file), config(tmp_path, min_agents=1).window_rule)) == 2
 
 
+TABLE = {"id": "agent_id", "time": {"column": "timestamp", "unit": "s", "step": "400ms"},
+         "location": {"x": "x", "y": "y", "crs": "EPSG:32632"}}
+"""The ``table`` block of a CSV/Parquet of tracks: agent_id, timestamp (seconds), x, y in UTM 32N."""
+
+
+def table_config(file: Path, **table) -> TrajectoriesConfig:
+    """A table-format config reading ``file``; ``table`` replaces keys of :data:`TABLE`."""
+    return TrajectoriesConfig(format="table", table=TABLE | table, predict_files=[file], checkpoint=file.parent)
+
+
 def test_missing_table_column_names_the_file_and_columns(tmp_path):
     file = tmp_path / "tracks.csv"
     pd.DataFrame({"id": [1], "t": [0.0], "x": [1.0], "y": [2.0]}).to_csv(file, index=False)
-    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path,
-                                columns={"agent": "agent", "time": "t"})
-    with pytest.raises(InputError, match=r"tracks\.csv: missing column\(s\) \['agent'\]; found"):
-        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
+    cfg = table_config(file, id="agent", time={"column": "t", "unit": "s", "step": "400ms"})
+    with pytest.raises(InputError, match=r"tracks\.csv: column\(s\) \['agent'\] named in the config's table block "
+                                         r"are not in the file \(its columns: \['id', 't', 'x', 'y'\]\)"):
+        tr.read_table(file, cfg.table)
 
 
 def test_text_in_a_table_column_names_the_csv_line(tmp_path):
     file = tmp_path / "tracks.csv"
     file.write_text("agent_id,timestamp,x,y\na,0,1.0,2.0\na,0.4,oops,2.0\n")
-    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
-    with pytest.raises(InputError, match=r"tracks\.csv: row 3: column 'x' holds 'oops'"):
-        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
+    with pytest.raises(InputError, match=r"tracks\.csv: line 3, column 'x': 'oops' is not a number"):
+        tr.read_table(file, table_config(file).table)
 
 
 def test_table_times_off_the_step_grid_are_an_error(tmp_path):
     file = tmp_path / "tracks.csv"
     file.write_text("agent_id,timestamp,x,y\na,2024-05-01T10:00:00Z,1,2\na,2024-05-01T10:00:00.5Z,1,2\n")
-    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:32632", predict_files=[file], checkpoint=tmp_path)
-    with pytest.raises(InputError, match=r"row 3: time .* is not on the grid of step_seconds=0.4"):
-        tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
+    cfg = table_config(file, time={"column": "timestamp", "step": "400ms"})
+    with pytest.raises(InputError, match=r"tracks\.csv: line 3, column\(s\) \['timestamp'\]: time 2024-05-01 "
+                                         r"10:00:00\.500000\+00:00 is not on the grid of table\.time\.step=400ms"):
+        tr.read_table(file, cfg.table)
+
+
+def test_table_rows_out_of_time_order_within_an_agent_are_sorted_and_counted(tmp_path):
+    """Counted per agent: a table written agent after agent is in order (the ETH/UCY count would see each new
+    agent as a step back in time); only a row earlier than its agent's row before it counts."""
+    file = tmp_path / "tracks.csv"
+    file.write_text("agent_id,timestamp,x,y\na,0,0,0\na,0.8,2,0\na,0.4,1,0\nb,0,5,5\nb,0.4,5,6\n")
+    tracks = tr.read_table(file, table_config(file).table)
+    assert tracks.rows_out_of_order == 1
+    assert tracks.points[tracks.points.agent == "a"].x.tolist() == [0, 1, 2]
+    assert tracks.points.frame.tolist() == [0, 1, 2, 0, 1] and tracks.time_origin is None
+
+
+TABLE_CONFIG_ERRORS = {
+    "no table": ({"format": "table"}, "format table needs a table block"),
+    "table with eth_ucy": ({"format": "eth_ucy", "table": TABLE}, "the table block is for format: table"),
+    "locations file": ({"table": TABLE | {"location": {"file": "agents.csv", "x": "x", "y": "y"}}},
+                       "a locations file or a GeoParquet geometry gives one fixed place per id"),
+    "targets": ({"table": TABLE | {"targets": ["speed"]}},
+                r"table.targets are not used by trajectories \(the model reads the agents' positions only\)"),
+    "no crs": ({"table": TABLE | {"location": {"x": "x", "y": "y"}}}, "table.location.crs is required"),
+    "no step": ({"table": TABLE | {"time": {"column": "timestamp", "unit": "s"}}}, "table.time.step is required"),
+}
+
+
+@pytest.mark.parametrize("case", TABLE_CONFIG_ERRORS)
+def test_table_config_errors_name_the_problem(case, tmp_path):
+    changes, expected = TABLE_CONFIG_ERRORS[case]
+    with pytest.raises(ValueError, match=expected):
+        TrajectoriesConfig(**{"format": "table", "predict_files": [tmp_path], "checkpoint": tmp_path} | changes)
+
+
+def test_a_table_step_is_the_contracts_step_seconds(tmp_path):
+    """A checkpoint's contract holds seconds per step, whichever format gave them."""
+    assert table_config(tmp_path / "tracks.csv").contract() == config(tmp_path).contract() \
+        == {"future_steps": 12, "step_seconds": 0.4}
 
 
 def test_config_needs_origin_and_crs_together(tmp_path):
@@ -164,14 +210,42 @@ def test_lon_lat_tables_are_projected_to_utm(tmp_path):
             for a in (1, 2) for t in range(20)]
     file = tmp_path / "gps.parquet"
     pd.DataFrame(rows).to_parquet(file)
-    cfg = TrajectoriesConfig(format="table", input_crs="EPSG:4326", predict_files=[file], checkpoint=tmp_path)
-    tracks = tr.read_table(file, cfg.step_seconds, **cfg.columns.model_dump())
-    crs = tr.model_crs([tracks], cfg.input_crs)
+    cfg = table_config(file, location={"x": "x", "y": "y", "crs": "EPSG:4326"})
+    tracks = tr.read_table(file, cfg.table)
+    crs = tr.model_crs([tracks], cfg.tracks_crs)
     assert crs.to_epsg() == 32632  # UTM 32N over Zurich
-    tr.to_model_crs(tracks, crs, source_crs=cfg.input_crs)
+    tr.to_model_crs(tracks, crs, source_crs=cfg.tracks_crs)
     windows = tr.build_windows(tracks, cfg.window_rule)
     assert len(windows) == 2
     np.testing.assert_allclose(windows.future[0, 0, 0], 1e-5 * 111_320 * np.cos(np.radians(47.37)), rtol=0.01)
+
+
+def test_a_parquet_with_its_own_column_names_and_local_times_gives_the_csvs_windows(tmp_path):
+    """The same tracks as a CSV of seconds since 1970 and as a Parquet of Zurich wall-clock date-times
+    (``pid``, ``t``, ``east``, ``north``): the same windows, and the Parquet's are dated."""
+    start = pd.Timestamp("2024-05-01T10:00:00Z")
+    step = np.tile(np.arange(22), 3)
+    agent = np.repeat([1, 2, 3], 22)
+    times = start + pd.to_timedelta(0.4 * step, unit="s")
+    x, y = 500_000 + 1.2 * step, 5_200_000 + 3.0 * agent - 0.1 * step
+    csv = tmp_path / "tracks.csv"
+    pd.DataFrame({"agent_id": agent, "timestamp": (times - tr.EPOCH).total_seconds(), "x": x, "y": y}).to_csv(
+        csv, index=False)
+    parquet = tmp_path / "tracks.parquet"
+    pd.DataFrame({"pid": agent.astype(str), "t": times.tz_convert("Europe/Zurich").tz_localize(None), "east": x,
+                  "north": y}).sample(frac=1, random_state=0).to_parquet(parquet)  # local wall clock, shuffled
+    renamed = table_config(parquet, id="pid", time={"column": "t", "timezone": "Europe/Zurich", "step": "400ms"},
+                           location={"x": "east", "y": "north", "crs": "EPSG:32632"})
+    rule = renamed.window_rule
+    from_csv = tr.build_windows(tr.read_table(csv, table_config(csv).table), rule)
+    parquet_tracks = tr.read_table(parquet, renamed.table)
+    from_parquet = tr.build_windows(parquet_tracks, rule)
+    assert len(from_csv) == 3 * 3
+    for name in ("observed", "future", "neighbours", "now", "frame", "agent"):
+        np.testing.assert_array_equal(getattr(from_parquet, name), getattr(from_csv, name), err_msg=name)
+    assert parquet_tracks.time_origin.isoformat() == "1970-01-01T00:00:00+00:00"
+    now = pd.Timestamp(parquet_tracks.time_origin) + pd.Timedelta(seconds=0.4) * int(from_parquet.frame[0])
+    assert now == start + pd.Timedelta(seconds=0.4 * 7)
 
 
 def test_ade_fde_on_a_known_case():

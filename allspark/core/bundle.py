@@ -224,6 +224,16 @@ def load_bundle(directory: str | Path, preprocessing: type[Preprocessing]) -> Bu
 def _load(directory: str, digest: str, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
     from allspark.model.checkpoint import load_checkpoint
 
+    fitted = load_preprocessing(directory, preprocessing)
+    try:
+        model = load_checkpoint(Path(directory))
+    except (ValidationError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {directory} cannot be loaded: {err}") from None
+    return Bundle(model=model.eval(), preprocessing=fitted)
+
+
+def load_preprocessing(directory: str | Path, preprocessing: type[Preprocessing]) -> Preprocessing:
+    """A bundle's fitted preprocessing alone (no model weights), checked to be of this kind."""
     path = Path(directory)
     try:
         document = json.loads((path / PREPROCESSING_FILE).read_text())
@@ -236,11 +246,9 @@ def _load(directory: str, digest: str, preprocessing: type[Preprocessing]) -> Bu
         raise CheckpointError(f"checkpoint {path} holds a {document.get('type')} model bundle, this run needs a "
                               f"{preprocessing.__name__} one (a checkpoint of another kind of data)")
     try:
-        fitted = preprocessing.model_validate(document["state"])
-        model = load_checkpoint(path)
-    except (ValidationError, ValueError, KeyError) as err:
+        return preprocessing.model_validate(document["state"])
+    except (ValidationError, KeyError) as err:
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {err}") from None
-    return Bundle(model=model.eval(), preprocessing=fitted)
 
 
 def bundle_digest(directory: str | Path) -> str:

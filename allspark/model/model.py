@@ -68,7 +68,8 @@ class AllSparkConfig(BaseModel):
     bridge: BridgeConfig
     adapters: AdapterConfig = AdapterConfig()
     head: HeadConfig
-    class_names: tuple[str, ...] | None = Field(None, description="fills {classes} in prompts")
+    class_names: tuple[str, ...] | None = Field(
+        None, description="the outputs' names (classes, or regression targets): fill {classes} / {targets} in prompts")
     prompt: str | None = Field(None, min_length=1, description="a user prompt replacing the modality's prompts")
     use_prefix_cache: bool = True
     prompt_seed: int = Field(0, description="seed of the per-step prompt draw in training")

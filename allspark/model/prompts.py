@@ -4,7 +4,8 @@ AllSpark gives each modality one to four prompts: training picks one at random p
 pass, evaluation always uses the first (for reproducibility). The first prompt of each modality
 is the paper's wording (restated in ``design/ALLSPARK.md``); where the paper lists further prompts
 without quoting them, the extra ones here are written in the same style. ``{classes}`` is filled
-with the model's class names when it has them.
+with the model's class names, ``{targets}`` with the names of what a regression model predicts
+(the table prompts name the run's targets instead of the paper's PM2.5).
 """
 
 from __future__ import annotations
@@ -46,10 +47,9 @@ PROMPTS: dict[str, tuple[str, ...]] = {
         "images, considering their body shape, clothing and posture",
         "Match the person in this infrared image with their identity in visible light images",
     ),
-    "table": (
-        "Please utilize the provided air quality indicators to accurately predict the concentrations of PM2.5 "
-        "in the atmosphere",
-        "Based on the pollutant concentrations and weather conditions in this record, estimate the PM2.5 level",
+    "table": (  # the paper's (PRSA): "...the provided air quality indicators to ... predict ... PM2.5 ..."
+        "Please utilize the provided indicators to accurately predict {targets}",
+        "Based on the measurements and conditions in this record, estimate {targets}",
     ),
     "trajectory": (
         "Based on their past positions and movements in a crowded environment, predict the future trajectory "
@@ -81,8 +81,9 @@ MSI_PROMPTS = PROMPTS["multispectral"]
 
 
 def fill_prompt(prompt: str, class_names: Sequence[str] | None) -> str:
-    """Fill ``{classes}`` with the class names (or a neutral phrase when the model has none)."""
-    return prompt.replace("{classes}", ", ".join(class_names) if class_names else "the known classes")
+    """Fill ``{classes}`` and ``{targets}`` with the output names (or a neutral phrase when the model has none)."""
+    named = ", ".join(class_names) if class_names else None
+    return prompt.replace("{classes}", named or "the known classes").replace("{targets}", named or "the target values")
 
 
 def select_prompt(

@@ -1,4 +1,5 @@
-"""The traffic run config: the three input files, the time axis, the windows, the model and its training."""
+"""The traffic run config: the input files (wide CSV or long table), the time axis, the windows, the model and
+its training."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+import pandas as pd
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from allspark.core.config import LanguageModelSettings, ModelRunConfig, StrictModel, TrainSettings
+from allspark.core.tables import TableSchema, locations_path
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -68,17 +71,33 @@ class TrafficConfig(ModelRunConfig):
     }
 
     name: str = Field("losloop", pattern=r"^[A-Za-z0-9_.-]+$")
-    speeds: Path = Field(description="CSV of speeds: header = sensor ids, one row per step, 0 = missing")
-    adjacency: Path = Field(description="N x N adjacency: CSV without header, or .npz with 'adjacency' [+ 'sensor_ids']")
-    locations: Path = Field(description="CSV with columns sensor_id, latitude, longitude (EPSG:4326)")
+    speeds: Path = Field(
+        description="speeds: a wide CSV (header = sensor ids, one row per step, 0 = missing), or with `table` a "
+                    "long table (CSV, Parquet or GeoParquet: one row per sensor and time)",
+    )
+    table: TableSchema | None = Field(
+        None,
+        description="the columns of a long `speeds` table: id = the sensor, one target = the speed, the time (its "
+                    "first value is the start, its step sets step_minutes), optionally the location; null: wide CSV",
+    )
+    adjacency: Path | None = Field(
+        None,
+        description="N x N adjacency: CSV without header (rows in the speeds' sensor order: a long table's is by "
+                    "sensor id), or .npz with 'adjacency' [+ 'sensor_ids']. Checked against the sensors and stored "
+                    "with the graph; the model does not use it (its graph encoder learns the relations by attention)",
+    )
+    locations: Path | None = Field(
+        None, description="CSV with columns sensor_id, latitude, longitude (EPSG:4326); none with table.location",
+    )
     missing_location: Literal["error", "drop"] = Field(
-        "error", description="a sensor without a location: stop with an error, or drop it (counted)"
+        "error", description="a sensor without a location in `locations`: stop with an error, or drop it (counted)"
     )
     start: datetime = Field(
         datetime.fromisoformat("2012-03-05T00:00:00-08:00"),
-        description="time of the first row, with its UTC offset (nominal by default: the file has no timestamps)",
+        description="time of the first row, with its UTC offset (nominal by default: a wide CSV has no timestamps); "
+                    "with a `table`, its first time",
     )
-    step_minutes: int = Field(5, ge=1, description="minutes between rows; must divide a day")
+    step_minutes: int = Field(5, ge=1, description="minutes between rows; must divide a day; with a `table`, its step")
     input_steps: int = Field(12, ge=1)
     horizon: int = Field(12, ge=1, description="steps forecast (12 x 5 min = 60 min)")
     split: tuple[float, float, float] = Field((0.7, 0.1, 0.2), description="train / validation / test, in time order")
@@ -99,16 +118,56 @@ class TrafficConfig(ModelRunConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrafficConfig:
+        if self.table is not None:
+            self._check_table(self.table)
         if MINUTES_PER_DAY % self.step_minutes:
             raise ValueError(f"step_minutes ({self.step_minutes}) must divide a day (1440 minutes)")
         if abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ValueError(f"split {self.split} must be three positive fractions summing to 1")
+        table_locations = self.table is not None and self.table.location is not None
+        if self.locations is None and not table_locations:
+            raise ValueError("no sensor locations: give `locations` (a CSV of sensor_id, latitude, longitude)"
+                             + (" or table.location (longitude/latitude columns, or a locations file)"
+                                if self.table is not None else ""))
+        if self.locations is not None and table_locations:
+            raise ValueError("sensor locations given twice: `locations` and table.location (keep one)")
+        if table_locations and self.missing_location == "drop":
+            raise ValueError("missing_location: drop applies to a `locations` CSV; with table.location every "
+                             "sensor needs its location")
         return self
+
+    def _check_table(self, table: TableSchema) -> None:
+        """A long table holds one speed per sensor and time; its time gives the start (its first time, read at
+        ingest) and the step, so neither may be set."""
+        explicit = sorted({"start", "step_minutes"} & self.model_fields_set)
+        if explicit:
+            raise ValueError(f"leave out {' and '.join(explicit)} with a `table`: its first time is the start and "
+                             "table.time.step the step")
+        if len(table.targets) != 1:
+            raise ValueError(f"table.targets must name exactly one column, the speed (got {table.targets})")
+        if table.continuous or table.categorical:
+            raise ValueError("table.continuous and table.categorical must be empty: the traffic model reads the "
+                             "speed alone")
+        minutes, rest = divmod(table.time.step_delta, pd.Timedelta(minutes=1))
+        if rest or MINUTES_PER_DAY % minutes:
+            raise ValueError(f"table.time.step {table.time.step!r} must be a whole number of minutes that divides "
+                             "a day (1440 minutes)")
+        object.__setattr__(self, "step_minutes", int(minutes))  # derived, so not counted as set
+
+    @model_serializer(mode="wrap")
+    def _dump_what_the_layout_uses(self, handler) -> dict[str, Any]:
+        """A wide config dumps as before ``table`` existed (its fingerprint, so its work folder, is unchanged);
+        a table config leaves out the ``start`` and ``step_minutes`` it derives, so its config.yaml loads again."""
+        data = handler(self)
+        for derived in ("table",) if self.table is None else ("start", "step_minutes"):
+            data.pop(derived, None)
+        return data
 
     def contract(self) -> dict[str, Any]:
         """The forecast's steps and their length: the head's outputs and the encoder's time-of-day slots."""
         return {"horizon": self.horizon, "step_minutes": self.step_minutes}
 
     def input_files(self) -> list[Path]:
-        """The speeds, adjacency and locations files (their content keys the work folder)."""
-        return [self.speeds, self.adjacency, self.locations]
+        """The speeds file and the adjacency and locations files given (their content keys the work folder)."""
+        located = locations_path(self.table.location) if self.table is not None else None
+        return [path for path in (self.speeds, self.adjacency, self.locations, located) if path is not None]

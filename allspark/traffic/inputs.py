@@ -1,7 +1,9 @@
 """What turns a stored traffic graph into model inputs, and the baselines and metrics forecasts are scored with.
 
-- **Time.** The files carry no timestamps: step ``i`` is ``start + i * step_minutes``, so with a
-  midnight start the time-of-day slot is the row index mod ``1440 / step_minutes``.
+- **Time.** Step ``i`` is ``start + i * step_minutes``: a wide CSV carries no timestamps, so its
+  start is the config's (with a midnight start the time-of-day slot is the row index mod
+  ``1440 / step_minutes``); a long table's is its first time, and its steps are read on the local
+  clock of its time zone (:func:`step_times`), which drives the time-of-day and weekday features.
 - **Split.** The series is cut at 70 % and 80 % of its steps (by default); a window (inputs and
   targets) lies wholly inside one part, so no target of a later part is seen in training.
 - **Missing speeds** (NaN) are filled with the training mean in the model's inputs and left out
@@ -25,13 +27,32 @@ from allspark.traffic.config import MINUTES_PER_DAY, TrafficConfig, TrafficModel
 REPORTED_MINUTES = (15, 30, 60)  # the horizons METR-LA papers report
 
 
-def calendar(steps: int, start: datetime, step_minutes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Time-of-day slot (``step_minutes`` each) and day of week (0 = Monday) of each step from ``start``.
+def step_times(steps: int, start: datetime | str, step_minutes: int, timezone: str | None = None) -> pd.DatetimeIndex:
+    """``start + i * step_minutes`` for each step, on the clock of ``timezone`` (a long table's zone, where
+    daylight saving moves the clock) or else of ``start``'s own UTC offset."""
+    times = pd.date_range(pd.Timestamp(start), periods=steps, freq=pd.Timedelta(minutes=step_minutes))
+    return times if timezone is None else times.tz_convert(timezone)
+
+
+def graph_times(graph: xr.Dataset) -> pd.DatetimeIndex:
+    """The time of each step of a graph store (from the start, step and time zone it records).
+
+    A wide CSV's store has no time zone (its start's offset is the clock), nor does one written before
+    long tables existed: a wide config's work folder is unchanged, so such a store is reused.
+    """
+    return step_times(graph.sizes["time"], graph.attrs["start"], graph.attrs["step_minutes"],
+                      graph.attrs.get("timezone"))
+
+
+def calendar(steps: int, start: datetime | str, step_minutes: int,
+             timezone: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Time-of-day slot (``step_minutes`` each) and day of week (0 = Monday) of each step from ``start``
+    (see :func:`step_times`).
 
     With a midnight start and 5-minute steps, the slot is the row index mod 288.
     """
-    minutes = start.hour * 60 + start.minute + np.arange(steps) * step_minutes
-    return (minutes % MINUTES_PER_DAY) // step_minutes, (start.weekday() + minutes // MINUTES_PER_DAY) % 7
+    times = step_times(steps, start, step_minutes, timezone)
+    return ((times.hour * 60 + times.minute) // step_minutes).to_numpy("int64"), times.weekday.to_numpy("int64")
 
 
 def split_windows(
@@ -98,7 +119,8 @@ class GraphWindows:
                 "(or in another order): a graph model is tied to its sensors"
             )
         speeds = graph["speed"].values
-        slot, day_of_week = calendar(len(speeds), config.start, config.step_minutes)
+        slot, day_of_week = calendar(len(speeds), graph.attrs["start"], config.step_minutes,
+                                     graph.attrs.get("timezone"))
         locations = None
         if scaling.use_locations:
             lonlat = np.stack([graph["longitude"].values, graph["latitude"].values], axis=1)

@@ -1,8 +1,11 @@
-"""Readers of a traffic graph's three files, with schema checks; each takes the paths and values it uses.
+"""Readers of a traffic graph's files, with schema checks; each takes the paths and values it uses.
 
-Every problem raises :class:`~allspark.errors.InputError` naming the file (and the line and sensor
-where there is one) and what was expected. As in METR-LA, a speed of 0 means "no reading": zeros
-become NaN here and are counted.
+The speeds come as a wide CSV (one column per sensor, one row per step) or as a long table read
+through :func:`allspark.core.tables.read_rows` (one row per sensor and time) and pivoted to the
+same (time, sensor) grid. Every problem raises :class:`~allspark.errors.InputError` naming the
+file (and the line and sensor or column where there is one) and what was expected. As in
+METR-LA, a speed of 0 in a wide CSV means "no reading": zeros become NaN here and are counted, as
+are a long table's missing values and missing steps.
 """
 
 from __future__ import annotations
@@ -14,20 +17,31 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from allspark.core.tables import (
+    TIMESTAMP,
+    TableError,
+    TableSchema,
+    check_targets,
+    off_step,
+    read_rows,
+    row_where,
+    station_locations,
+)
 from allspark.errors import InputError, NoDataError
 
 
 @dataclass
 class TrafficGraph:
-    """A checked sensor graph: speeds (time, sensor) with NaN for missing, locations, adjacency."""
+    """A checked sensor graph: speeds (time, sensor) with NaN for missing, locations, adjacency if given."""
 
     sensor_ids: list[str]
-    speeds: np.ndarray  # (steps, sensors) float32, NaN = missing (0 in the file)
+    speeds: np.ndarray  # (steps, sensors) float32, NaN = missing (0 in a wide file)
     latitude: np.ndarray
     longitude: np.ndarray
-    adjacency: np.ndarray  # (sensors, sensors)
+    adjacency: np.ndarray | None  # (sensors, sensors)
     missing_speeds: int
     dropped_sensors: list[str]
+    start: pd.Timestamp | None = None  # a long table's first time; None: a wide file, timed by the config
 
 
 def _read_csv(path: Path, expected: str, **options) -> pd.DataFrame:
@@ -61,6 +75,34 @@ def read_speeds(path: Path) -> tuple[list[str], np.ndarray]:
                 f"{frame.iat[rows[0], cols[0]]!r} ({len(rows)} such value(s) in the file)"
             )
     return ids, np.where(numbers == 0, np.nan, numbers).astype("float32")
+
+
+def read_speed_table(path: Path, table: TableSchema) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A long table's checked rows, and its speeds pivoted to (time, sensor).
+
+    The grid's times are the regular ``table.time.step`` steps from the table's first to its last
+    time (a step no sensor has is all NaN), its sensors sorted by id, whatever the rows' order.
+    Raises :class:`TableError` naming the file, row and column for a speed column with no value, a
+    negative speed, and a time off the step grid.
+    """
+    rows = read_rows(path, table)
+    check_targets(rows, table.targets, [path])
+    (column,) = table.targets
+    negative = np.flatnonzero((rows[column] < 0) | np.isinf(rows[column]))
+    if len(negative):
+        raise TableError(f"{row_where(rows, negative[0])}, column {column!r}: expected a speed >= 0, got "
+                         f"{rows[column].iloc[negative[0]]} ({len(negative)} such value(s) in the file)")
+    step = table.time.step_delta
+    off_step(rows, table.id, step, path)
+    first = rows[TIMESTAMP].min()
+    starts = rows.drop_duplicates(table.id)  # each sensor's first row: rows are sorted by sensor and time
+    late = np.flatnonzero((starts[TIMESTAMP] - first) % step != pd.Timedelta(0))
+    if len(late):
+        row = starts.iloc[late[0]]
+        raise TableError(f"{row_where(starts, late[0])}: sensor {row[table.id]!r} starts at {row[TIMESTAMP]}, off the "
+                         f"{table.time.step} steps from the table's first time {first} (resample the table)")
+    grid = pd.date_range(first, rows[TIMESTAMP].max(), freq=step)
+    return rows, rows.pivot(index=TIMESTAMP, columns=table.id, values=column).reindex(grid).sort_index(axis=1)
 
 
 def read_adjacency(path: Path, sensor_ids: list[str], speeds_path: Path) -> np.ndarray:
@@ -113,12 +155,23 @@ def read_locations(path: Path) -> pd.DataFrame:
 
 
 def read_graph(
-    speeds: Path, adjacency: Path, locations: Path, missing_location: Literal["error", "drop"] = "error"
+    speeds: Path, adjacency: Path | None, locations: Path | None, missing_location: Literal["error", "drop"] = "error",
+    table: TableSchema | None = None,
 ) -> TrafficGraph:
-    """Read and check the three files; a sensor without a location is an error or, with ``drop``, left out."""
-    ids, speed_table = read_speeds(speeds)
-    matrix = read_adjacency(adjacency, ids, speeds)
-    places = read_locations(locations)
+    """Read and check the files given: the speeds (a wide CSV, or with ``table`` a long table), the adjacency if
+    any, and the locations (``locations``, or ``table.location``); a sensor without a location in ``locations``
+    is an error or, with ``drop``, left out."""
+    if table is None:
+        ids, speed_table = read_speeds(speeds)
+        start = None
+    else:
+        rows, grid = read_speed_table(speeds, table)
+        ids, speed_table, start = [str(i) for i in grid.columns], grid.to_numpy("float32"), grid.index[0]
+    matrix = None if adjacency is None else read_adjacency(adjacency, ids, speeds)
+    if table is not None and table.location is not None:
+        places = station_locations(rows, table)  # every sensor has one, or a TableError names it
+    else:
+        places = read_locations(locations)
     unplaced = [i for i in ids if i not in places.index]
     if unplaced and missing_location == "error":
         raise InputError(
@@ -136,6 +189,7 @@ def read_graph(
         missing_speeds=int(np.isnan(speed_table[:, keep]).sum()),
         latitude=places.loc[kept, "latitude"].to_numpy("float64"),
         longitude=places.loc[kept, "longitude"].to_numpy("float64"),
-        adjacency=matrix[np.ix_(keep, keep)],
+        adjacency=None if matrix is None else matrix[np.ix_(keep, keep)],
         dropped_sensors=unplaced,
+        start=start,
     )

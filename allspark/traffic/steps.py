@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import geopandas as gpd
@@ -40,6 +39,7 @@ from allspark.traffic.inputs import (
     compare_with_baselines,
     forecast,
     forecast_metrics,
+    graph_times,
     split_windows,
 )
 from allspark.traffic.read import read_graph
@@ -49,7 +49,7 @@ MODEL_DIR = "model"
 
 
 def ingest(config: TrafficConfig, log: Log = print) -> Ingested:
-    """Check the three input files and store the graph in ``<work>/graph.zarr`` (reused when complete)."""
+    """Check the input files and store the graph in ``<work>/graph.zarr`` (reused when complete)."""
     for path in config.input_files():
         if not path.is_file():
             raise InputError(f"traffic input {path} does not exist or is not a file")
@@ -69,25 +69,35 @@ def ingest(config: TrafficConfig, log: Log = print) -> Ingested:
 
 
 def graph_dataset(config: TrafficConfig) -> xr.Dataset:
-    """The checked graph as a dataset: speed (time, sensor), lat/lon, adjacency, and what was read."""
-    graph = read_graph(config.speeds, config.adjacency, config.locations, config.missing_location)
+    """The checked graph as a dataset: speed (time, sensor), lat/lon, adjacency if given, and what was read.
+
+    Its attributes time the steps (:func:`~allspark.traffic.inputs.graph_times`): the start (a long
+    table's first time, else the config's), the step and a long table's time zone.
+    """
+    table = config.table
+    graph = read_graph(config.speeds, config.adjacency, config.locations, config.missing_location, table)
     steps = len(graph.speeds)
     if steps < config.input_steps + config.horizon:
         raise NoDataError(f"{config.speeds}: {steps} steps, fewer than one window "
                           f"({config.input_steps} + {config.horizon})")
-    return xr.Dataset(
+    missing = "NaN (0 in the source)" if table is None else "NaN (a missing value or step in the source)"
+    sensors = np.array(graph.sensor_ids, dtype=object)  # object: Zarr's variable-length strings
+    dataset = xr.Dataset(
         {
-            "speed": (("time", "sensor"), graph.speeds, {"units": "mph", "missing": "NaN (0 in the source)"}),
+            "speed": (("time", "sensor"), graph.speeds, {"units": "mph", "missing": missing}),
             "latitude": ("sensor", graph.latitude),
             "longitude": ("sensor", graph.longitude),
-            "adjacency": (("sensor", "neighbour"), graph.adjacency),
         },
-        coords={"time": np.arange(steps), "sensor": np.array(graph.sensor_ids, dtype=object),
-                "neighbour": np.array(graph.sensor_ids, dtype=object)},  # object: Zarr's variable-length strings
-        attrs={"sources": [str(p) for p in config.input_files()], "start": config.start.isoformat(),
+        coords={"time": np.arange(steps), "sensor": sensors},
+        attrs={"sources": [str(p) for p in config.input_files()],
+               "start": (config.start if graph.start is None else graph.start).isoformat(),
                "step_minutes": config.step_minutes, "missing_speeds": graph.missing_speeds,
-               "dropped_sensors": graph.dropped_sensors},
+               "dropped_sensors": graph.dropped_sensors, "timezone": None if table is None else table.time.timezone},
     )
+    if graph.adjacency is not None:
+        dataset["adjacency"] = xr.DataArray(graph.adjacency, dims=("sensor", "neighbour"),
+                                            coords={"neighbour": sensors})
+    return dataset
 
 
 def write_zarr(dataset: xr.Dataset, store: Path) -> None:
@@ -193,7 +203,7 @@ def forecast_frame(forecasts: xr.Dataset, graph: xr.Dataset, config: TrafficConf
     issued = np.repeat(forecasts["issued_step"].values, sensors * horizons)
     horizon = np.tile(forecasts["horizon"].values, windows * sensors)
     sensor = np.tile(np.repeat(np.arange(sensors), horizons), windows)
-    issued_at = pd.Timestamp(config.start) + pd.to_timedelta(issued * config.step_minutes, unit="min")
+    issued_at = graph_times(graph)[issued]
     return gpd.GeoDataFrame(
         {
             "sensor_id": graph["sensor"].values.astype(object)[sensor],
@@ -247,14 +257,13 @@ def publish(config: TrafficConfig, ingested: Ingested, trained: Trained, predict
             "result": {"shape": [-1, sensors, horizon], "dim_order": ["batch", "nodes", "time"], "data_type": "float32"},
         }],
     )
-    first = config.start
-    last = first + timedelta(minutes=config.step_minutes * (graph.sizes["time"] - 1))
+    times = graph_times(graph)
     return publish_table(
         config,
         item_id=f"{config.name}-speed-forecast",
         frame=frame,
         title="Speed forecasts: one point per sensor and horizon (5 to 60 min), predicted and observed",
-        time_range=(first, last),
+        time_range=(times[0].to_pydatetime(), times[-1].to_pydatetime()),
         input_files=config.input_files(),
         metrics=metrics,
         checkpoint=trained.checkpoint,

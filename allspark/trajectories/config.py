@@ -7,19 +7,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pyproj
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from allspark.core.config import LanguageModelSettings, ModelRunConfig, StrictModel, TrainSettings
+from allspark.core.tables import TableSchema
 from allspark.trajectories.read import WindowRule, find_input_files
-
-
-class TableColumns(StrictModel):
-    """Column names of a table input (CSV or Parquet)."""
-
-    agent: str = "agent_id"
-    time: str = Field("timestamp", description="seconds (numbers) or date-times")
-    x: str = "x"
-    y: str = "y"
 
 
 class TrajectoryModelConfig(StrictModel):
@@ -66,10 +58,11 @@ class TrajectoriesConfig(ModelRunConfig):
     format: Literal["eth_ucy", "table"] = "eth_ucy"
     train_files: list[Path] = Field(default_factory=list, description="files or folders (all inputs inside)")
     predict_files: list[Path] = Field(min_length=1, description="files or folders to predict and publish")
-    columns: TableColumns = Field(default_factory=TableColumns, description="table format only")
-    input_crs: str | None = Field(None, description="table format: CRS of x/y (projected, or lon/lat)")
+    table: TableSchema | None = Field(None, description="table format: the agent id column, the time column with "
+                                      "its step, and the x/y columns with their crs (projected, or lon/lat)")
     frame_step: int = Field(10, ge=1, description="eth_ucy: frame numbers between two steps")
-    step_seconds: float = Field(0.4, gt=0, description="time between two steps (ETH/UCY: 0.4 s = 2.5 fps)")
+    step_seconds: float = Field(0.4, gt=0, description="eth_ucy: time between two steps (0.4 s = 2.5 fps); "
+                                "a table's step is table.time.step")
     observed_steps: int = Field(8, ge=2)
     future_steps: int = Field(12, ge=1)
     min_agents: int = Field(2, ge=1, description="focal agents a window needs (2: the Social-GAN rule)")
@@ -81,21 +74,61 @@ class TrajectoriesConfig(ModelRunConfig):
     train: TrajectoryTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     inference_batch: int = Field(64, ge=1)
 
+    @field_validator("table")
+    @classmethod
+    def _tracks_table(cls, table: TableSchema | None) -> TableSchema | None:
+        """A table of tracks: each row an agent's position at a time, on a step grid given on purpose."""
+        if table is None:
+            return table
+        unused = [name for name in ("targets", "continuous", "categorical") if getattr(table, name)]
+        if unused:
+            raise ValueError(f"table.{'/'.join(unused)} are not used by trajectories (the model reads the agents' "
+                             "positions only): remove them")
+        location = table.location
+        if location is None or location.file is not None:
+            raise ValueError("table.location needs the x and y columns of each row's position and their crs: a "
+                             "locations file or a GeoParquet geometry gives one fixed place per id, not a moving agent")
+        if location.static:
+            raise ValueError("table.location.static is not used by trajectories (agents have no fixed attributes)")
+        if location.crs is None:
+            raise ValueError("table.location.crs is required: the CRS of the x/y columns (projected, or lon/lat)")
+        try:
+            crs = pyproj.CRS(location.crs)
+        except pyproj.exceptions.CRSError as err:
+            raise ValueError(f"table.location.crs {location.crs!r} is not a CRS ({err})") from None
+        if not (crs.is_projected or crs.is_geographic):
+            raise ValueError(f"table.location.crs {location.crs!r} is neither projected nor lon/lat")
+        if "step" not in table.time.model_fields_set:
+            raise ValueError("table.time.step is required: the tracks' step, e.g. 400ms (2.5 fps)")
+        return table
+
     @model_validator(mode="after")
     def _consistent(self) -> TrajectoriesConfig:
         if (self.origin is None) != (self.crs is None):
             raise ValueError("give origin and crs together (or neither: a local engineering CRS)")
         if self.crs is not None and not pyproj.CRS(self.crs).is_projected:
             raise ValueError(f"crs {self.crs!r} must be projected (metres), since origin + local metres are added")
-        if self.format == "table" and self.input_crs is None:
-            raise ValueError("the table format needs input_crs (the CRS of its x/y columns)")
+        if (self.format == "table") != (self.table is not None):
+            raise ValueError("format table needs a table block (id: the agent column; time: column, unit or format, "
+                             "step; location: x, y, crs)" if self.table is None else
+                             "the table block is for format: table (eth_ucy files have fixed columns)")
         if self.fine_tunes and not self.train_files:
             raise ValueError("fine-tuning needs train_files")
         return self
 
+    @property
+    def step_length_seconds(self) -> float:
+        """Seconds between two steps: the table's ``time.step``, or ``step_seconds`` for ETH/UCY."""
+        return self.table.time.step_delta.total_seconds() if self.table is not None else self.step_seconds
+
+    @property
+    def tracks_crs(self) -> str | None:
+        """The CRS of the tracks' x/y as read: the table's; None for ETH/UCY local metres (placed by origin)."""
+        return self.table.location.crs if self.table is not None else None
+
     def contract(self) -> dict[str, Any]:
         """The future's steps and their length: the head's horizon and what one step of motion means."""
-        return {"future_steps": self.future_steps, "step_seconds": self.step_seconds}
+        return {"future_steps": self.future_steps, "step_seconds": self.step_length_seconds}
 
     @property
     def window_rule(self) -> WindowRule:

@@ -2,9 +2,11 @@
 
 - **Files** (:func:`read_eth_ucy`, :func:`read_table`): the ETH/UCY text format (``frame ped_id x
   y``, whitespace separated, metres; ``frame_step`` frame numbers per step) or a table (CSV or
-  Parquet) with agent, time and x/y columns. Errors name the file and the row: a missing column,
-  text in a numeric column, NaN coordinates, a duplicate (time, agent) row, a time off the step
-  grid. Rows out of time order are *sorted*, and counted.
+  Parquet) whose agent id, time and x/y columns the config's ``table`` block names, read through
+  :func:`allspark.core.tables.read_rows`. Errors name the file and the row: a missing column,
+  text in a numeric column, a time that does not parse, NaN coordinates, a duplicate (time, agent)
+  row, a time off the step grid. Rows out of time order (ETH/UCY: of the file; tables: of their
+  agent's track) are *sorted*, and counted.
 - **Coordinates** (:func:`model_crs`, :func:`to_model_crs`): ETH/UCY metres are local to the
   scene. With an ``origin`` and a ``crs`` they are placed at ``origin + local metres`` in that CRS;
   without, they stay in :data:`LOCAL_CRS_WKT`, a local engineering CRS (metres, x east, y north)
@@ -23,7 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
@@ -32,6 +34,7 @@ import pandas as pd
 import pyproj
 import zarr
 
+from allspark.core.tables import ROW, TIMESTAMP, TableSchema, read_rows, row_label
 from allspark.errors import InputError
 
 LOCAL_CRS_WKT = (
@@ -40,6 +43,10 @@ LOCAL_CRS_WKT = (
     'AXIS["northing (y)",north,ORDER[2],LENGTHUNIT["metre",1]]]'
 )
 SUFFIXES = {"eth_ucy": {".txt"}, "table": {".csv", ".parquet"}}
+EPOCH = pd.Timestamp(0, tz="UTC")
+"""Frame 0 of a table: its step grid counts from 1970-01-01 UTC."""
+GRID_TOLERANCE = 0.05
+"""Fraction of a step a table's time may be off its grid (rounding in written times), snapped to the grid."""
 WINDOW_RULE = (
     "windows of observed+future consecutive steps on each file's time grid; focal agents are seen at every "
     "step; a window is kept when it has at least min_agents focal agents (2 = Social-GAN's 'more than one "
@@ -89,8 +96,8 @@ def _numeric(frame: pd.DataFrame, column: str, file: Path, rows: np.ndarray) -> 
     return values.to_numpy(dtype="float64")
 
 
-def _check_points(file: Path, points: pd.DataFrame) -> int:
-    """Check NaN coordinates and duplicate (frame, agent) rows; sort by frame; return rows out of order."""
+def _check_points(file: Path, points: pd.DataFrame) -> None:
+    """NaN coordinates and a repeated (frame, agent) are errors naming the rows."""
     missing = ~np.isfinite(points[["x", "y"]].to_numpy()).all(axis=1)
     if missing.any():
         row = points["row"].to_numpy()[missing][0]
@@ -102,6 +109,10 @@ def _check_points(file: Path, points: pd.DataFrame) -> int:
                              & (points["agent"] == first["agent"]).to_numpy()].tolist()
         raise InputError(f"{file}: rows {rows}: agent {first['agent']!r} appears more than once at the same time "
                          f"(frame {first['frame']}); one position per agent and time is expected")
+
+
+def _sort_by_frame(points: pd.DataFrame) -> int:
+    """Sort the points by frame, in place; return the rows whose frame is below the row before them."""
     out_of_order = int((np.diff(points["frame"].to_numpy()) < 0).sum())
     if out_of_order:
         points.sort_values(["frame", "agent"], kind="stable", inplace=True, ignore_index=True)
@@ -138,48 +149,35 @@ def read_eth_ucy(file: Path, frame_step: int = 10, start_time: datetime | None =
                          f"{frame_step} starting at frame {frame.min()}")
     points = pd.DataFrame({"frame": frame, "agent": agent.astype(np.int64).astype(str),
                            "x": _numeric(raw, "x", file, rows), "y": _numeric(raw, "y", file, rows), "row": rows})
-    out_of_order = _check_points(file, points)
-    return Tracks(file, points, frame_step, start_time, out_of_order)
+    _check_points(file, points)
+    return Tracks(file, points, frame_step, start_time, _sort_by_frame(points))
 
 
-def read_table(file: Path, step_seconds: float = 0.4, agent: str = "agent_id", time: str = "timestamp",
-               x: str = "x", y: str = "y") -> Tracks:
-    """Read a CSV or Parquet table of agent positions; times (seconds or date-times) must lie on the
-    ``step_seconds`` grid. ``agent``, ``time``, ``x``, ``y`` name the columns."""
-    names = [agent, time, x, y]
-    parquet = file.suffix.lower() == ".parquet"
-    try:
-        raw = pd.read_parquet(file) if parquet else pd.read_csv(file, dtype=str)
-    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid, pandas' EmptyDataError and ParserError, bad UTF-8
-        raise InputError(f"{file}: cannot be read as {'Parquet' if parquet else 'CSV'} ({err}); expected a table "
-                         f"with the columns {names}") from None
-    rows = np.arange(1, len(raw) + 1) if parquet else np.arange(2, len(raw) + 2)  # data rows; CSV: line numbers
-    missing = [name for name in names if name not in raw.columns]
-    if missing:
-        raise InputError(f"{file}: missing column(s) {missing}; found {list(raw.columns)} "
-                         "(set columns.agent/time/x/y in the config)")
-    stamps = raw[time]
-    numeric_time = pd.to_numeric(stamps, errors="coerce")
-    if numeric_time.notna().all():
-        seconds, origin = numeric_time.to_numpy("float64"), None
-    else:
-        parsed = pd.to_datetime(stamps, errors="coerce", utc=True, format="ISO8601")
-        if parsed.isna().any():
-            i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise InputError(f"{file}: row {rows[i]}: column {time!r} holds {stamps.iloc[i]!r}, "
-                             "expected seconds or a date-time")
-        origin = datetime(1970, 1, 1, tzinfo=UTC)
-        seconds = (parsed - pd.Timestamp(origin)).dt.total_seconds().to_numpy()
-    steps = seconds / step_seconds
-    off_grid = np.abs(steps - np.round(steps)) > 0.05
+def read_table(file: Path, schema: TableSchema) -> Tracks:
+    """Read a CSV or Parquet table of agent positions through the shared ``table`` block (``schema``).
+
+    Times lie on the grid of ``schema.time.step`` counted from 1970 UTC (within :data:`GRID_TOLERANCE`
+    of a step); frame n is the n-th step. Numbers (``unit``) stay seconds, date-times keep their date
+    (``time_origin``). Rows are counted out of order when their time is earlier than the row before
+    them of the same agent.
+    """
+    rows = read_rows(file, schema)
+    step = schema.time.step_delta.value  # nanoseconds
+    nanoseconds = (rows[TIMESTAMP] - EPOCH).dt.as_unit("ns").astype("int64").to_numpy()
+    frames = np.round(nanoseconds / step).astype(np.int64)
+    off_grid = np.abs(nanoseconds - frames * step) > GRID_TOLERANCE * step
     if off_grid.any():
         i = int(np.flatnonzero(off_grid)[0])
-        raise InputError(f"{file}: row {rows[i]}: time {stamps.iloc[i]!r} is not on the grid of step_seconds="
-                         f"{step_seconds}; resample the tracks to that step first")
-    points = pd.DataFrame({"frame": np.round(steps).astype(np.int64), "agent": raw[agent].astype(str).to_numpy(),
-                           "x": _numeric(raw, x, file, rows), "y": _numeric(raw, y, file, rows), "row": rows})
-    out_of_order = _check_points(file, points)
-    return Tracks(file, points, 1, origin, out_of_order)
+        raise InputError(f"{file}: {row_label(rows[ROW], i, file)}, column(s) {schema.time.names()}: time "
+                         f"{rows[TIMESTAMP].iloc[i]} is not on the grid of table.time.step={schema.time.step}; "
+                         "resample the tracks to that step first")
+    points = pd.DataFrame({"frame": frames, "agent": rows[schema.id].to_numpy(),
+                           "x": rows[schema.location.x].to_numpy(), "y": rows[schema.location.y].to_numpy(),
+                           "row": rows[ROW].to_numpy()})
+    _check_points(file, points)
+    in_file_order = points.sort_values("row")
+    out_of_order = int((in_file_order.groupby("agent", sort=False)["frame"].diff() < 0).sum())
+    return Tracks(file, points, 1, None if schema.time.unit else EPOCH.to_pydatetime(), out_of_order)
 
 
 # -- coordinates ------------------------------------------------------------------------------------

@@ -67,8 +67,7 @@ def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
     store = work_dir / WINDOWS_STORE
     if not store.is_dir():
         tracks = {split: [_read_tracks(file, config) for file in files] for split, files in splits.items()}
-        crs = model_crs([t for ts in tracks.values() for t in ts], config.crs if config.format == "eth_ucy"
-                        else config.input_crs)
+        crs = model_crs([t for ts in tracks.values() for t in ts], config.tracks_crs or config.crs)
         windows = {split: _split_windows(split, split_tracks, config, crs) for split, split_tracks in tracks.items()}
         with atomic_dir(store) as tmp:
             for split, split_tracks in tracks.items():
@@ -76,7 +75,7 @@ def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
                     "files": [str(t.file) for t in split_tracks],
                     "frames_per_step": [t.frames_per_step for t in split_tracks],
                     "time_origins": [t.time_origin.isoformat() if t.time_origin else None for t in split_tracks],
-                    "step_seconds": config.step_seconds, "crs": crs.to_wkt(),
+                    "step_seconds": config.step_length_seconds, "crs": crs.to_wkt(),
                 })
     else:
         log(f"reusing the windows in {store}")
@@ -89,13 +88,13 @@ def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
 def _read_tracks(file: Path, config: TrajectoriesConfig) -> Tracks:
     if config.format == "eth_ucy":
         return read_eth_ucy(file, config.frame_step, config.start_time)
-    return read_table(file, config.step_seconds, **config.columns.model_dump())
+    return read_table(file, config.table)
 
 
 def _split_windows(split: str, tracks: list[Tracks], config: TrajectoriesConfig, crs: pyproj.CRS) -> Windows:
     """The windows of one split's files in the model CRS; an error when there are none."""
     for t in tracks:
-        to_model_crs(t, crs, source_crs=config.input_crs if config.format == "table" else None, origin=config.origin)
+        to_model_crs(t, crs, source_crs=config.tracks_crs, origin=config.origin)
     windows = concat_windows([build_windows(t, config.window_rule, i) for i, t in enumerate(tracks)])
     if not len(windows):
         raise NoDataError(f"no {config.observed_steps}+{config.future_steps}-step windows in the {split} files "

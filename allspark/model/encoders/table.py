@@ -18,9 +18,9 @@ What we do:
   in the column's table (PRSA's wind direction has gaps too).
 - A Transformer (``depth``; paper 1) mixes the column tokens; every column token comes out.
 
-Default columns (PRSA, standardised continuous values): PM10, SO2, NO2, CO, O3, TEMP, PRES,
-DEWP, RAIN, WSPM (10 continuous); station (12), wind direction (16), month (12), hour (24)
-as categoricals. Leave PM10 out (``continuous_columns=9``) for the harder, leak-free variant.
+The default sizes are the paper's PRSA setting (10 continuous columns: PM10, SO2, NO2, CO, O3,
+TEMP, PRES, DEWP, RAIN, WSPM; categoricals station 12, wind direction 16, month 12, hour 24); the
+sensors pipeline sets both from the run's ``table`` block.
 
     continuous (B, Cc) [NaN = missing] + categorical (B, Ck) [-1 = missing]
       --per-column embeddings--> (B, Cc + Ck, width)
@@ -39,11 +39,11 @@ from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, 
 from allspark.model.inputs import InputSpec, TensorSpec
 from allspark.model.layers import TransformerTrunk
 
-PRSA_CONTINUOUS = ("PM10", "SO2", "NO2", "CO", "O3", "TEMP", "PRES", "DEWP", "RAIN", "WSPM")
-"""The default continuous columns, in order."""
+PAPER_CONTINUOUS_COLUMNS = 10
+"""The paper's PRSA setting: PM10, SO2, NO2, CO, O3, TEMP, PRES, DEWP, RAIN, WSPM."""
 
-PRSA_CATEGORICAL = {"station": 12, "wd": 16, "month": 12, "hour": 24}
-"""The default categorical columns and their cardinalities, in order."""
+PAPER_CATEGORY_SIZES = (12, 16, 12, 24)
+"""The paper's PRSA setting: station, wind direction, month, hour."""
 
 MISSING_CATEGORY = -1
 """Categorical value meaning "missing"."""
@@ -53,11 +53,11 @@ class TableConfig(AttentionEncoderConfig):
     """Hyper-parameters of :class:`TableEncoder`; the columns default to PRSA's (module docstring)."""
 
     continuous_columns: int = Field(
-        len(PRSA_CONTINUOUS), ge=0,
+        PAPER_CONTINUOUS_COLUMNS, ge=0,
         description="continuous columns (PRSA: PM10, SO2, NO2, CO, O3, TEMP, PRES, DEWP, RAIN, WSPM)",
     )
     categorical_cardinalities: list[Annotated[int, Field(ge=1)]] = Field(
-        list(PRSA_CATEGORICAL.values()),
+        list(PAPER_CATEGORY_SIZES),
         description="categories per categorical column (PRSA: station 12, wind direction 16, month 12, hour 24)",
     )
     width: int = Field(64, ge=1, description="token width (divisible by heads)")
