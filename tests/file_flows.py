@@ -94,16 +94,20 @@ def traffic_slice(folder: Path, sensors: int = SENSORS, steps: int = STEPS, id_o
             "locations": data / "dcrnn_sensor_graph" / "graph_sensor_locations.csv"}
 
 
+LOSLOOP_START = "2012-03-05T00:00:00-08:00"
+"""The Los-loop week's nominal start (a Monday midnight, Pacific time): its CSV has no timestamps."""
+
+
 def traffic_long(speeds: Path, path: Path, locations: Path | None = None) -> Path:
     """A wide speeds CSV melted into a long table at ``path`` (.csv or .parquet), its rows shuffled.
 
-    Columns: sensor, time (the config's default start plus 5 minutes a row, on the Los Angeles
+    Columns: sensor, time (:data:`LOSLOOP_START` plus 5 minutes a row, on the Los Angeles
     clock), speed and, with ``locations``, each sensor's longitude and latitude. A CSV keeps the
     text (time without offset, "0" = no reading); a Parquet file holds zone-aware times and float
     speeds, null where there is no reading.
     """
     wide = pd.read_csv(speeds, dtype=str)
-    start = pd.Timestamp(TrafficConfig.model_fields["start"].default).tz_convert(TRAFFIC_ZONE)
+    start = pd.Timestamp(LOSLOOP_START).tz_convert(TRAFFIC_ZONE)
     wide.insert(0, "time", pd.date_range(start, periods=len(wide), freq="5min"))
     rows = wide.melt(id_vars="time", var_name="sensor", value_name="speed").sample(frac=1, random_state=0)
     if locations is not None:
@@ -126,8 +130,10 @@ def traffic_table(location: bool = False) -> dict:
 
 def traffic_config(files: dict[str, Path], output_dir: Path, **fields) -> TrafficConfig:
     """1 LM layer, width 16, one epoch."""
+    given = {**files, **fields}
+    start = {} if "table" in given or "start" in given else {"start": LOSLOOP_START}  # a wide CSV's nominal start
     return TrafficConfig(
-        name="test-traffic", **files, output_dir=output_dir,
+        name="test-traffic", **files, output_dir=output_dir, **start,
         model={"width": 16, "num_queries": 4, "bridge_depth": 1}, language={"layers": 1},
         train={"epochs": 1, "batch_size": 32}, **fields,
     )

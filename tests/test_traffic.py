@@ -155,6 +155,7 @@ def _table(**changes) -> dict:
     ({"table": _table(time={"column": "time", "step": "90s"})}, "table.time.step '90s' must be a whole number"),
     ({"table": _table(), "locations": None}, "no sensor locations: give `locations` .* or table.location"),
     ({"locations": None}, "no sensor locations: give `locations`"),
+    ({"start": None}, "a wide speeds CSV has no timestamps: give start"),
     ({"table": traffic_table(location=True)}, "sensor locations given twice"),
     ({"table": traffic_table(location=True), "locations": None, "missing_location": "drop"},
      "missing_location: drop applies to a `locations` CSV"),

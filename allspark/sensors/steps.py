@@ -20,6 +20,7 @@ missing step. ``allow_time_gaps: false`` makes a gap an error.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -190,8 +191,8 @@ def publish(config: SensorsConfig, ingested: Ingested, trained: Trained, predict
     preprocessing = load_preprocessing(trained.checkpoint, SensorPreprocessing)
     rows = with_forecast_rows(frame, preprocessing.id_column, preprocessing.horizon, preprocessing.step_delta)
     predictions = pd.read_parquet(predicted.store)[preprocessing.targets].to_numpy("float64")
-    forecast = np.arange(len(rows)) >= len(frame)
-    split = np.where(forecast, "forecast", np.where(np.append(is_train, forecast[len(frame):]), "train", "test"))
+    ahead = len(rows) - len(frame)  # the forecast rows after each station's last row
+    split = np.concatenate([np.where(is_train, "train", "test"), np.full(ahead, "forecast")])
     trained_on = np.zeros(len(rows), dtype=bool)
     if config.fine_tunes:
         trained_on[training_rows(frame, config.table.targets, is_train, config.train.max_train_rows, config.seed)] = True
@@ -206,7 +207,7 @@ def publish(config: SensorsConfig, ingested: Ingested, trained: Trained, predict
                      "categorical": preprocessing.categorical_inputs()},
         "split": {"rule": config.split, "train_fraction": config.train_fraction, "test_stations": config.test_stations,
                   "train_rows": int(is_train.sum()), "test_rows": int((~is_train).sum()),
-                  "forecast_rows": int(forecast.sum())},
+                  "forecast_rows": ahead},
         **forecast_metrics(frame, predictions[: len(frame)], is_train, preprocessing),
         "fine_tuning": trained.metrics,
         "ingest": record,
@@ -239,12 +240,12 @@ def publish(config: SensorsConfig, ingested: Ingested, trained: Trained, predict
         }],
     )
     stamps = rows[TIMESTAMP]
-    ahead = f" {preprocessing.horizon} x {preprocessing.step} ahead" if preprocessing.horizon else ""
+    lead = f" {preprocessing.horizon} x {preprocessing.step} ahead" if preprocessing.horizon else ""
     return publish_table(
         config,
-        item_id=f"{config.name}-{'-'.join(preprocessing.targets)}".replace(".", "").replace(" ", "_"),
+        item_id="-".join([config.name, *(re.sub(r"[^a-z0-9]+", "", t.lower()) for t in preprocessing.targets)]),
         frame=table,
-        title=f"Predicted{ahead} and observed {', '.join(preprocessing.targets)} per station and time",
+        title=f"Predicted{lead} and observed {', '.join(preprocessing.targets)} per station and time",
         time_range=(stamps.min().to_pydatetime(), stamps.max().to_pydatetime()),
         input_files=config.input_files(),
         metrics=metrics,

@@ -92,10 +92,9 @@ class TrafficConfig(ModelRunConfig):
     missing_location: Literal["error", "drop"] = Field(
         "error", description="a sensor without a location in `locations`: stop with an error, or drop it (counted)"
     )
-    start: datetime = Field(
-        datetime.fromisoformat("2012-03-05T00:00:00-08:00"),
-        description="time of the first row, with its UTC offset (nominal by default: a wide CSV has no timestamps); "
-                    "with a `table`, its first time",
+    start: datetime | None = Field(
+        None, description="a wide CSV's time of the first row, with its UTC offset (it has no timestamps; sets the "
+                          "time of day and weekday); with a `table`, its first time",
     )
     step_minutes: int = Field(5, ge=1, description="minutes between rows; must divide a day; with a `table`, its step")
     input_steps: int = Field(12, ge=1)
@@ -111,8 +110,8 @@ class TrafficConfig(ModelRunConfig):
 
     @field_validator("start")
     @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
             raise ValueError("start needs a UTC offset, e.g. 2012-03-05T00:00:00-08:00")
         return value
 
@@ -120,6 +119,9 @@ class TrafficConfig(ModelRunConfig):
     def _consistent(self) -> TrafficConfig:
         if self.table is not None:
             self._check_table(self.table)
+        elif self.start is None:
+            raise ValueError("a wide speeds CSV has no timestamps: give start, the time of its first row with its UTC "
+                             "offset (e.g. 2012-03-05T00:00:00-08:00), or a long table with a `table` block")
         if MINUTES_PER_DAY % self.step_minutes:
             raise ValueError(f"step_minutes ({self.step_minutes}) must divide a day (1440 minutes)")
         if abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
