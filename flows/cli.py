@@ -62,7 +62,7 @@ def _run_region(args: argparse.Namespace) -> int:
     config = load_region_config(args.config, **_region_overrides(args))
     # the catalog, AOI, dates, bands, assets, checkpoint and output folder, checked in a second or two before the
     # orchestrator starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
-    plan = plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    plan = plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search)
     config = apply_checkpoint(config, config.contract(plan.bands))
     check_writable(config.publish_dir)
     from flows.region import run_region  # imports Prefect and torch: only when running

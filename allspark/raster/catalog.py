@@ -26,6 +26,7 @@ from shapely.ops import unary_union
 
 from allspark.core.config import StrictModel
 from allspark.errors import CatalogError, ConfigError, InputError, NoDataError
+from allspark.raster.filters import SearchFilters
 from allspark.settings import cache_dir, catalogs_dir
 
 LABEL_SCHEMA_PREFIX = "https://stac-extensions.github.io/label/"
@@ -137,17 +138,23 @@ def search_items(
     datetime: tuple[str | None, str | None] | None = None,
     *,
     labels: bool = False,
+    filters: SearchFilters | None = None,
 ) -> list[pystac.Item]:
     """Items of the config's collection that intersect ``aoi`` (lon/lat) and the ``datetime`` range.
 
     ``datetime`` is an inclusive ``(start, end)`` pair of ISO 8601 dates or times; ``None`` or ".."
     leaves an end open. Items with ``start_/end_datetime`` match when their span overlaps the range.
     Imagery items are returned (sorted by time, then id); ``labels=True`` returns the label items
-    (STAC label extension) instead. Raises :class:`NoItemsFound` when nothing matches.
+    (STAC label extension) instead. ``filters`` (:class:`~allspark.raster.filters.SearchFilters`)
+    keep only the items its query and CQL2 filter hold for, in ``sortby`` order when given, at
+    most ``max_items``: a STAC API evaluates them, a static catalog here with the same meaning.
+    Raises :class:`NoItemsFound` when nothing matches, naming the filters too.
     """
     start, end = _parse_range(datetime)
+    if filters is not None and filters.is_empty:
+        filters = None
     if config.kind == "api":
-        return _search_api(config, aoi, start, end, labels)
+        return _search_api(config, aoi, start, end, labels, filters)
     root = Path(config.url_or_path)
     if not root.exists():
         raise CatalogNotFoundError(
@@ -161,25 +168,58 @@ def search_items(
     ]
     kind = "label" if labels else "imagery"
     if not items:
-        raise NoItemsFound(f"static catalog {root} has no {kind} items in collection {config.collection!r}")
+        raise NoItemsFound(_naming(filters, f"static catalog {root} has no {kind} items in collection "
+                                            f"{config.collection!r}"))
     if aoi is not None:
         hits = [item for item in items if item.geometry and shape(item.geometry).intersects(aoi)]
         if not hits:
             extent = unary_union([box(*item.bbox) for item in items]).bounds
-            raise NoItemsFound(
+            raise NoItemsFound(_naming(filters,
                 f"AOI with bbox {_fmt_bbox(aoi.bounds)} does not intersect collection {config.collection!r} "
                 f"of {root}, whose {kind} items cover {_fmt_bbox(extent)} (lon/lat)"
-            )
+            ))
         items = hits
     hits = [item for item in items if _overlaps(_item_span(item), start, end)]
     if not hits:
         spans = [_item_span(item) for item in items]
-        raise NoItemsFound(
+        raise NoItemsFound(_naming(filters,
             f"no {kind} items of collection {config.collection!r} in {root} between {_fmt_time(start)} and "
             f"{_fmt_time(end)}; the items {'over the AOI ' if aoi is not None else ''}span "
             f"{_fmt_time(min(s for s, _ in spans))} to {_fmt_time(max(e for _, e in spans))}"
+        ))
+    hits = sorted(hits, key=lambda item: (_item_span(item)[0], item.id))
+    if filters is None:
+        return hits
+    selected = filters.select(hits)
+    if not selected:
+        where = f" over the AOI with bbox {_fmt_bbox(aoi.bounds)}" if aoi is not None else ""
+        raise NoItemsFound(
+            f"none of the {len(hits)} {kind} item(s) of collection {config.collection!r} in {root}{where} between "
+            f"{_fmt_time(start)} and {_fmt_time(end)} matches the search filters ({filters.describe()}); "
+            f"{_filtered_values(hits, filters)}"
         )
-    return sorted(hits, key=lambda item: (_item_span(item)[0], item.id))
+    return selected
+
+
+def _naming(filters: SearchFilters | None, message: str) -> str:
+    """A no-items message, with the search filters of the search when it had any."""
+    return message if filters is None else f"{message} (search filters: {filters.describe()})"
+
+
+def _filtered_values(items: list[pystac.Item], filters: SearchFilters, limit: int = 10) -> str:
+    """What the items hold of the fields the filters compare, e.g. ``X: eo:cloud_cover=45.0`` (for messages)."""
+    fields = filters.properties()[:4]
+    if not fields:
+        return f"the items: {', '.join(item.id for item in items[:limit])}"
+
+    def value(item: pystac.Item, field: str) -> str:
+        if field in ("id", "collection"):
+            return f"{field}={item.id if field == 'id' else item.collection_id}"
+        return f"{field}={item.properties.get(field.removeprefix('properties.'), 'missing')}"
+
+    shown = "; ".join(f"{item.id}: {', '.join(value(item, f) for f in fields)}" for item in items[:limit])
+    more = f"; and {len(items) - limit} more" if len(items) > limit else ""
+    return f"the items hold {shown}{more}"
 
 
 def _static_items(root: Path) -> list[pystac.Item]:
@@ -264,25 +304,36 @@ def _check_stac_object(data: Any, href: str) -> str:
     return noun
 
 
+def api_search_parameters(
+    config: CatalogConfig, aoi: BaseGeometry | None, start: dt.datetime | None, end: dt.datetime | None,
+    filters: SearchFilters | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of ``pystac_client.Client.search`` for this search."""
+    return {
+        "collections": [config.collection],
+        "intersects": mapping(aoi) if aoi is not None else None,
+        "datetime": None if start is None and end is None else f"{_fmt_time(start)}/{_fmt_time(end)}",
+        **(filters.api_parameters() if filters is not None else {}),
+    }
+
+
 def _search_api(
     config: CatalogConfig, aoi: BaseGeometry | None, start: dt.datetime | None, end: dt.datetime | None,
-    labels: bool,
+    labels: bool, filters: SearchFilters | None = None,
 ) -> list[pystac.Item]:
-    """Search a STAC API with pystac-client."""
+    """Search a STAC API with pystac-client; the API evaluates the filters, sorts and cuts to ``max_items``."""
     from pystac_client import Client
 
-    search = Client.open(config.url_or_path).search(
-        collections=[config.collection],
-        intersects=mapping(aoi) if aoi is not None else None,
-        datetime=None if start is None and end is None else f"{_fmt_time(start)}/{_fmt_time(end)}",
-    )
+    search = Client.open(config.url_or_path).search(**api_search_parameters(config, aoi, start, end, filters))
     items = [item for item in search.items() if _is_label(item) == labels]
     if not items:
-        raise NoItemsFound(
+        raise NoItemsFound(_naming(filters,
             f"STAC API {config.url_or_path} returned no {'label' if labels else 'imagery'} items of collection "
             f"{config.collection!r} for AOI bbox {_fmt_bbox(aoi.bounds) if aoi is not None else 'any'} between "
             f"{_fmt_time(start)} and {_fmt_time(end)}"
-        )
+        ))
+    if filters is not None and filters.sortby:
+        return items[: filters.max_items]  # in the API's sortby order
     return sorted(items, key=lambda item: (_item_span(item)[0], item.id))
 
 

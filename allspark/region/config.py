@@ -19,6 +19,7 @@ from allspark.core.config import (
     TrainSettings,
     load_config,
 )
+from allspark.raster.filters import SearchFilters
 
 if TYPE_CHECKING:
     from allspark.raster.catalog import BandSpec
@@ -104,6 +105,9 @@ class RegionConfig(ModelRunConfig):
     catalog: str = Field("demo", description="A name under catalogs/ or a path to a catalog YAML.")
     aoi: str | None = Field(None, description="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat; none = all.")
     datetime: tuple[str, str] | None = Field(None, description="Inclusive date range, ISO 8601.")
+    search: SearchFilters | None = Field(
+        None, description="STAC query and/or CQL2 filter, sortby and max_items of the catalog search; "
+        "a STAC API evaluates them, a static catalog with the same meaning (allspark.raster.filters).")
     bands: list[str] = Field(default_factory=lambda: ["B1", "B2", "B3", "B4", "B5", "B7"], min_length=1)
     loader: Literal["auto", "rasterio", "odc", "stackstac"] = Field(
         "auto", description="Pixel reader: rasterio windows when the assets lie on the output grid, else odc-stac (auto).")
@@ -115,6 +119,12 @@ class RegionConfig(ModelRunConfig):
     train: RegionTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
+
+    def unfingerprinted_fields(self) -> set[str]:
+        """The runtime fields, and an absent or empty ``search`` block: it filters nothing, so a config without
+        filters keeps the fingerprint (and the work folder) it had before the block existed."""
+        empty = self.search is None or self.search.is_empty
+        return super().unfingerprinted_fields() | ({"search"} if empty else set())
 
     def contract(self, bands: Sequence[BandSpec] = ()) -> dict[str, Any]:
         """The band names and class names in order, and the bands' centre wavelengths when the catalog's

@@ -23,6 +23,7 @@ from rasterio.warp import reproject, transform_bounds
 from allspark.core.atomic import write_text
 from allspark.errors import InputError
 from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
+from allspark.raster.filters import SearchFilters
 from allspark.raster.load import CorruptAssetError, Encoding, check_readable, gdal_reason, output_grid, storage_encoding
 from allspark.raster.windows import Window
 
@@ -63,11 +64,12 @@ class RegionPlan(BaseModel):
 
 
 def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None, bands: list[str],
-                resolution: float | None) -> RegionPlan:
-    """Search the catalog and check every input; raise a clear error before any work is done."""
+                resolution: float | None, search: SearchFilters | None = None) -> RegionPlan:
+    """Search the catalog (with the ``search`` filters) and check every input; raise a clear error before any work
+    is done."""
     catalog_config = load_catalog_config(catalog)
     area = load_aoi(aoi) if aoi else None
-    items = search_items(catalog_config, area, datetime)
+    items = search_items(catalog_config, area, datetime, filters=search)
     # every item must carry the bands; the first item's specs describe them all
     specs = [resolve_bands(item, bands, catalog_config) for item in items][0]
     encoding = storage_encoding(check_readable(items, specs), specs)

@@ -85,7 +85,7 @@ HOLDOUT_FILE = "holdout_pixels.json"
 
 def plan(config: RegionConfig) -> RegionPlan:
     """The run's plan (search and input checks) from its config: about a second, nothing written."""
-    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution)
+    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search)
 
 
 def scene_loader_chunk(config: RegionConfig, plan: RegionPlan) -> int:
