@@ -12,8 +12,8 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -76,11 +76,17 @@ def check_writable(*directories: Path, min_free_bytes: int = 0) -> None:
         existing = next(p for p in (directory, *directory.parents) if p.exists())
         if not existing.is_dir():
             raise StorageError(f"cannot write {directory}: {existing} exists and is not a folder")
-        try:
-            with tempfile.NamedTemporaryFile(dir=existing, prefix=".allspark-probe-") as probe:
-                probe.write(b"\0" * 4096)
-                probe.flush()
-                os.fsync(probe.fileno())
+        probe = existing / f".allspark-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        try:  # os-level calls: a full disk fails the write, and the probe is still removed (no stray file object)
+            handle = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(handle, b"\0" * 4096)
+                os.fsync(handle)
+            finally:
+                try:
+                    os.close(handle)
+                finally:
+                    probe.unlink(missing_ok=True)
         except OSError as err:
             where = "" if existing == directory else f" (its nearest existing parent {existing})"
             code = errno.errorcode.get(err.errno, "")
