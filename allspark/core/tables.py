@@ -33,6 +33,8 @@ ROW = "_row"
 """Column :func:`read_rows` adds: each row's place in its file (CSV: line number; Parquet: row number from 1)."""
 FILE = "_file"
 """Column :func:`read_rows` adds: the file each row comes from (for messages)."""
+TEXT_SUFFIXES = (".csv", ".txt")
+"""Tables read as CSV text (their rows are named by line number); anything else is Parquet."""
 TIMESTAMP = "timestamp"
 """Column :func:`read_rows` adds: each row's time, zone-aware, in the schema's time zone."""
 TimeFeature = Literal["hour", "weekday", "month", "season", "day_of_year"]
@@ -176,7 +178,7 @@ def find_files(patterns: Sequence[str], expected: str) -> list[Path]:
 
 def row_label(rows: pd.Series | np.ndarray, i: int, path: Path | str) -> str:
     """``line 7`` of a CSV or ``row 6`` of a Parquet file, for the ``i``-th data row."""
-    return f"{'line' if str(path).lower().endswith('.csv') else 'row'} {int(np.asarray(rows)[i])}"
+    return f"{'line' if str(path).lower().endswith(TEXT_SUFFIXES) else 'row'} {int(np.asarray(rows)[i])}"
 
 
 def row_where(places: pd.DataFrame, i: int) -> str:
@@ -205,12 +207,12 @@ def _read_file(path: Path, missing_values: Sequence[str]) -> pd.DataFrame:
                 frame[column] = values.mask(missing)
             frame[ROW] = np.arange(1, len(frame) + 1)
             return frame
-        if suffix in (".csv", ".txt"):
+        if suffix in TEXT_SUFFIXES:
             frame = pd.read_csv(path, dtype=str, na_values=list(missing_values), keep_default_na=True)
             frame[ROW] = np.arange(2, len(frame) + 2)
             return frame
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid, pandas' ParserError and EmptyDataError, bad UTF-8
-        raise TableError(f"{path}: cannot be read as {'CSV' if suffix in ('.csv', '.txt') else 'Parquet'} ({err})") \
+        raise TableError(f"{path}: cannot be read as {'CSV' if suffix in TEXT_SUFFIXES else 'Parquet'} ({err})") \
             from None
     raise TableError(f"{path}: unsupported table format {suffix!r} (expected .csv, .parquet or .geoparquet)")
 
@@ -300,10 +302,9 @@ def read_rows(path: Path, schema: TableSchema) -> pd.DataFrame:
     repeated = np.flatnonzero(rows.duplicated([schema.id, TIMESTAMP]).to_numpy())
     if len(repeated):
         i = repeated[0]
-        first = rows[ROW].iloc[i - 1]
         raise TableError(f"{path}: {row_label(rows[ROW], i, path)}: station {rows[schema.id].iloc[i]!r} at "
-                         f"{rows[TIMESTAMP].iloc[i]} repeats {'line' if path.suffix.lower() == '.csv' else 'row'} "
-                         f"{first} (one row per station and time)")
+                         f"{rows[TIMESTAMP].iloc[i]} repeats {row_label(rows[ROW], i - 1, path)} "
+                         "(one row per station and time)")
     return rows
 
 
