@@ -355,7 +355,6 @@ def reshaped_prsa(folder: Path, station_file: str) -> Path:
 
 def test_a_table_that_is_not_prsa_runs_through_its_config_alone_with_the_same_numbers(tmp_path):
     """The must-show: renamed and reordered columns, a timestamp column, NO2 as the target, Parquet: same numbers."""
-    data = shared_data("prsa_beijing")
     # one prompt for both: by default it names the target column, which the other table calls no2
     common = {"period": ("2013-03-01T00:00", "2013-03-12T23:00"),
               "language": {"layers": 1, "prompt": "Predict nitrogen dioxide from this station record"},

@@ -20,7 +20,7 @@ import os
 import zoneinfo
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,6 @@ TEXT_SUFFIXES = (".csv", ".txt")
 TIMESTAMP = "timestamp"
 """Column :func:`read_rows` adds: each row's time, zone-aware, in the schema's time zone."""
 TimeFeature = Literal["hour", "weekday", "month", "season", "day_of_year"]
-TIME_FEATURES: tuple[str, ...] = get_args(TimeFeature)
 """Calendar features a config may derive from the time (each a categorical input)."""
 TIME_FEATURE_SIZES = {"hour": 24, "weekday": 7, "month": 12, "season": 4, "day_of_year": 366}
 
@@ -338,7 +337,7 @@ def off_step(frame: pd.DataFrame, id_column: str, step: pd.Timedelta, path: Path
 
 
 def calendar_features(stamps: pd.Series, names: Sequence[str]) -> np.ndarray:
-    """``(N, len(names))`` int codes of the calendar ``names`` (:data:`TIME_FEATURES`) of local times."""
+    """``(N, len(names))`` int codes of the calendar ``names`` (:data:`TimeFeature`) of local times."""
     codes = {
         "hour": lambda t: t.dt.hour,
         "weekday": lambda t: t.dt.weekday,
