@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export ALLSPARK_CACHE ?= $(CURDIR)/.cache/allspark
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup assets demo test bench bench-quick serve serve-stop clean
+.PHONY: setup assets demo test bench bench-quick serve serve-stop stac-api postgis clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,24 @@ assets: setup
 demo: assets
 	$(VENV)/bin/allspark run region --output-dir outputs
 
-test: setup
+test: setup postgis
 	$(PY) -m pytest
+
+# PostGIS for the STAC API of the tests and of `make stac-api` (PostgreSQL itself ships with the image):
+# installed as root with apt when its extension files are missing.
+POSTGIS_CONTROL := $(firstword $(wildcard /usr/share/postgresql/*/extension/postgis.control))
+postgis:
+ifeq ($(POSTGIS_CONTROL),)
+	@if [ "$$(id -u)" != 0 ]; then echo "PostGIS is missing: as root, apt-get install postgresql-15-postgis-3"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-postgis-3 >/dev/null
+endif
+
+# A STAC API (stac-fastapi-pgstac on a throwaway PostgreSQL + PostGIS) on 127.0.0.1:8082 serving
+# STAC=<catalog.json, collection.json or item files> (default: the demo catalog); Ctrl-C stops it.
+STAC ?= $(ALLSPARK_CACHE)/catalogs/landsat7-nc/catalog.json
+stac-api: assets postgis
+	$(PY) -m flows.stac_api $(STAC)
 
 # Benchmarks report, they never fail the build: JSON in bench/results/, one table in bench/RESULTS.md.
 bench: assets

@@ -57,12 +57,12 @@ def _print_published(title: str, published: Published) -> None:
 
 
 def _run_region(args: argparse.Namespace) -> int:
-    from allspark.region.read import plan_region
+    from allspark.region.steps import checked_plan
 
     config = load_region_config(args.config, **_region_overrides(args))
-    # the catalog, AOI, dates, bands, assets, checkpoint and output folder, checked in a second or two before the
-    # orchestrator starts: a bad input is one line, not a flow run's tracebacks (the flow's ingest checks them again)
-    plan = plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search)
+    # the catalog, AOI, dates, bands, assets, masks, checkpoint or labels and output folder, checked in a second or
+    # two before the orchestrator starts: a bad input is one line, not a flow run's tracebacks (ingest checks again)
+    plan = checked_plan(config)
     config = apply_checkpoint(config, config.contract(plan.bands))
     check_writable(config.publish_dir)
     from flows.region import run_region  # imports Prefect and torch: only when running

@@ -204,7 +204,16 @@ def _die_with_parent(prctl: Callable[[int, int], int], parent: int) -> None:
         os._exit(1)
 
 
-def _free_port() -> int:
+def dies_with_this_process() -> Callable[[], None]:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: Linux SIGKILLs the child when this process dies.
+
+    Start the child from the main thread (see :func:`_die_with_parent`)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    return functools.partial(_die_with_parent, prctl, os.getpid())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return probe.getsockname()[1]
@@ -234,15 +243,14 @@ def run_server() -> Iterator[None]:
     if PREFECT_API_URL.value() or sys.platform != "linux":
         yield
         return
-    port = _free_port()
+    port = free_port()
     url = api_url(port)
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            **get_current_settings().to_environment_variables(exclude_unset=True)}
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", HOST, "--port", str(port), "--log-level", "error",
                "--lifespan", "on"]
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-    server = subprocess.Popen(command, env=env, preexec_fn=functools.partial(_die_with_parent, prctl, os.getpid()))
+    server = subprocess.Popen(command, env=env, preexec_fn=dies_with_this_process())
     try:
         _wait(lambda: server_healthy(url), "temporary Prefect server", alive=lambda: server.poll() is None,
               log=lambda: "its output is above", timeout=PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pystac
 import rasterio
 import yaml
 from rasterio.windows import Window
 
 from allspark.demo_data import build_demo_catalog
+from allspark.raster.catalog import load_catalog_config, search_items
 from allspark.region.config import RegionConfig
 from allspark.settings import catalogs_dir
 
@@ -98,3 +102,38 @@ def uint16_catalog(source: Path, work: Path, window: Window = CROP) -> Path:
     bands = yaml.safe_load((catalogs_dir() / "demo.yaml").read_text())["bands"]
     bands = [band | {"scale": UINT16_SCALE, "offset": UINT16_OFFSET, "nodata": 0} for band in bands]
     return catalog_yaml(catalog_json, work / "catalog.yaml", bands=bands)
+
+
+# id: (date, eo:cloud_cover or None, platform)
+DATED_ITEMS = {
+    "LE07_A": ("2000-03-10", 5.0, "landsat-7"),
+    "LE07_B": ("2000-05-14", 45.0, "landsat-7"),
+    "LE07_C": ("2000-07-01", 20.0, "landsat-7"),
+    "LE07_D": ("2000-09-19", None, "landsat-7"),  # no eo:cloud_cover
+    "LT05_E": ("2000-11-06", 12.5, "landsat-5"),
+}
+
+
+def dated_catalog(template_yaml: Path, dest: Path) -> Path:
+    """A static collection of one item per ``DATED_ITEMS`` entry, copies of the template catalog's imagery item."""
+    template = search_items(load_catalog_config(template_yaml))[0]
+    base = template.to_dict(transform_hrefs=False)
+    collection = pystac.Collection(
+        template.collection_id, "Dated copies of the cropped Landsat 7 demo item (made-up cloud cover)",
+        pystac.Extent(pystac.SpatialExtent([template.bbox]),
+                      pystac.TemporalExtent([[dt.datetime(2000, 1, 1, tzinfo=dt.UTC), None]])),
+    )
+    for item_id, (day, cloud, platform) in DATED_ITEMS.items():
+        data = copy.deepcopy(base)
+        data.update(id=item_id, links=[])
+        data.pop("collection", None)
+        properties = data["properties"]
+        for key in ("start_datetime", "end_datetime", "eo:cloud_cover"):
+            properties.pop(key, None)
+        properties.update(datetime=f"{day}T15:30:00Z", platform=platform)
+        if cloud is not None:
+            properties["eo:cloud_cover"] = cloud
+        collection.add_item(pystac.Item.from_dict(data))
+    collection.normalize_hrefs(str(dest))
+    collection.save(pystac.CatalogType.SELF_CONTAINED)
+    return catalog_yaml(dest / "collection.json", dest.parent / "dated.yaml")

@@ -8,12 +8,10 @@ evaluates the filters on them; a STAC API is not involved (pystac-client only bu
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 from pathlib import Path
 
-import pystac
 import pytest
 import yaml
 from shapely.geometry import box
@@ -30,42 +28,9 @@ from allspark.raster.filters import SearchFilters
 from allspark.region.config import RegionConfig, load_region_config
 from allspark.region.steps import plan
 from tests.conftest import shared_data
-from tests.regions import catalog_yaml, quick_config, small_catalog
+from tests.regions import DATED_ITEMS, dated_catalog, quick_config, small_catalog
 
-# id: (date, eo:cloud_cover or None, platform)
-ITEMS = {
-    "LE07_A": ("2000-03-10", 5.0, "landsat-7"),
-    "LE07_B": ("2000-05-14", 45.0, "landsat-7"),
-    "LE07_C": ("2000-07-01", 20.0, "landsat-7"),
-    "LE07_D": ("2000-09-19", None, "landsat-7"),  # no eo:cloud_cover
-    "LT05_E": ("2000-11-06", 12.5, "landsat-5"),
-}
-IN_TIME_ORDER = list(ITEMS)
-
-
-def dated_catalog(template_yaml: Path, dest: Path) -> Path:
-    """A static collection of one item per ``ITEMS`` entry, copies of the template catalog's imagery item."""
-    template = search_items(load_catalog_config(template_yaml))[0]
-    base = template.to_dict(transform_hrefs=False)
-    collection = pystac.Collection(
-        template.collection_id, "Dated copies of the cropped Landsat 7 demo item (made-up cloud cover)",
-        pystac.Extent(pystac.SpatialExtent([template.bbox]),
-                      pystac.TemporalExtent([[dt.datetime(2000, 1, 1, tzinfo=dt.UTC), None]])),
-    )
-    for item_id, (day, cloud, platform) in ITEMS.items():
-        data = copy.deepcopy(base)
-        data.update(id=item_id, links=[])
-        data.pop("collection", None)
-        properties = data["properties"]
-        for key in ("start_datetime", "end_datetime", "eo:cloud_cover"):
-            properties.pop(key, None)
-        properties.update(datetime=f"{day}T15:30:00Z", platform=platform)
-        if cloud is not None:
-            properties["eo:cloud_cover"] = cloud
-        collection.add_item(pystac.Item.from_dict(data))
-    collection.normalize_hrefs(str(dest))
-    collection.save(pystac.CatalogType.SELF_CONTAINED)
-    return catalog_yaml(dest / "collection.json", dest.parent / "dated.yaml")
+IN_TIME_ORDER = list(DATED_ITEMS)
 
 
 @pytest.fixture(scope="module")
@@ -231,13 +196,18 @@ def test_api_request_carries_the_filters() -> None:
     parameters = api_search_parameters(config, box(-79, 35, -78, 36), start, end, filters)
     post = ItemSearch(f"{config.url_or_path}/search", **parameters)
     body = post.get_parameters()
-    assert body["filter"] == {"op": "<", "args": [{"property": "eo:cloud_cover"}, 30.0]}
-    assert body["filter-lang"] == "cql2-json"
-    assert body["query"] == {"s2:nodata_pixel_percentage": {"lt": 10}}
+    assert body["filter"] == {"op": "and", "args": [  # the query joins the filter: pgstac refuses the two apart
+        {"op": "<", "args": [{"property": "s2:nodata_pixel_percentage"}, 10]},
+        {"op": "<", "args": [{"property": "eo:cloud_cover"}, 30.0]}]}
+    assert body["filter-lang"] == "cql2-json" and "query" not in body
+    query_only = ItemSearch(f"{config.url_or_path}/search", **api_search_parameters(
+        config, None, None, None, SearchFilters(query={"eo:cloud_cover": {"lt": 30}}))).get_parameters()
+    assert query_only["query"] == {"eo:cloud_cover": {"lt": 30}} and "filter" not in query_only
     assert body["sortby"] == [{"field": "properties.datetime", "direction": "desc"}]
     assert tuple(body["collections"]) == ("sentinel-2-l2a",) and post._max_items == 5
     get = ItemSearch(f"{config.url_or_path}/search", method="GET", **parameters).get_parameters()
-    assert get["filter"] == "eo:cloud_cover < 30" and get["filter-lang"] == "cql2-text"
+    assert get["filter"] == "s2:nodata_pixel_percentage < 10 AND eo:cloud_cover < 30"
+    assert get["filter-lang"] == "cql2-text"
 
 
 def test_backfill_windows_and_deployments_carry_the_filters(tmp_path: Path) -> None:

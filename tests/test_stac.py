@@ -128,26 +128,6 @@ def test_missing_static_catalog(tmp_path: Path) -> None:
         search_items(config)
 
 
-def test_search_api_passes_query(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pystac_client
-
-    calls = {}
-    item = pystac.Item("x", box(0, 0, 1, 1).__geo_interface__, [0, 0, 1, 1], None,
-                       {"start_datetime": "2020-01-01T00:00:00Z", "end_datetime": "2020-01-02T00:00:00Z"})
-
-    class FakeClient:
-        def search(self, **kwargs):
-            calls.update(kwargs)
-            return type("Search", (), {"items": lambda self: iter([item])})()
-
-    monkeypatch.setattr(pystac_client.Client, "open", staticmethod(lambda url: calls.update(url=url) or FakeClient()))
-    config = load_catalog_config("earth-search-s2")
-    assert search_items(config, box(0, 0, 1, 1), ("2020-01-01", "2020-01-31")) == [item]
-    assert calls["url"] == "https://earth-search.aws.element84.com/v1"
-    assert calls["collections"] == ["sentinel-2-l2a"] and calls["intersects"]["type"] == "Polygon"
-    assert calls["datetime"] == "2020-01-01T00:00:00Z/2020-01-31T23:59:59.999999Z"
-
-
 # --- bands -----------------------------------------------------------------------------------------
 
 

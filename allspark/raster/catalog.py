@@ -1,8 +1,9 @@
 """Catalog configs, STAC item search, band resolution and areas of interest.
 
 A catalog config (``catalogs/<name>.yaml``) says where the imagery lives (a static STAC catalog or
-a STAC API), which collection to use and how its bands map to asset keys, centre wavelengths and
-scale/offset/nodata. Items found here are loaded by :mod:`allspark.raster.load`.
+a STAC API), which collection to use, how its bands map to asset keys, centre wavelengths and
+scale/offset/nodata, and which asset flags clouds and shadows (``mask``). Items found here are
+loaded by :mod:`allspark.raster.load`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import pystac
 import yaml
 from pystac.serialization import identify_stac_object_type
@@ -27,6 +29,7 @@ from shapely.ops import unary_union
 from allspark.core.config import StrictModel
 from allspark.errors import CatalogError, ConfigError, InputError, NoDataError
 from allspark.raster.filters import SearchFilters
+from allspark.raster.signing import Signing, signed, signer
 from allspark.settings import cache_dir, catalogs_dir
 
 LABEL_SCHEMA_PREFIX = "https://stac-extensions.github.io/label/"
@@ -78,6 +81,33 @@ class OffsetRule(StrictModel):
     min_value: str
 
 
+class MaskSpec(StrictModel):
+    """A per-item quality layer whose flagged pixels (clouds, cloud shadows...) are dropped before compositing.
+
+    ``asset`` is the item's mask asset. Give exactly one rule: ``classes``, the values to drop of a
+    classification layer (Sentinel-2 L2A scene classification, SCL: 3 cloud shadow, 8/9 cloud of
+    medium/high probability, 10 thin cirrus, 11 snow), or ``bits``, bit numbers of a bit-flag layer
+    where a pixel is dropped when any of them is set (Landsat Collection 2 ``qa_pixel``: 0 fill,
+    1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow).
+    """
+
+    asset: str
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    bits: list[Annotated[int, Field(ge=0, le=62)]] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MaskSpec:
+        if (self.classes is None) == (self.bits is None):
+            raise ValueError("give exactly one of classes (values to drop) or bits (bit numbers to drop when set)")
+        return self
+
+    def drops(self, values: np.ndarray) -> np.ndarray:
+        """Where the mask layer's ``values`` flag a pixel to drop (a boolean array of their shape)."""
+        if self.classes is not None:
+            return np.isin(values, self.classes)
+        return (values.astype(np.int64) & sum(1 << bit for bit in self.bits)) != 0
+
+
 class CatalogConfig(StrictModel):
     """Where imagery lives and how its bands are read."""
 
@@ -87,6 +117,9 @@ class CatalogConfig(StrictModel):
     description: str = ""
     bands: list[BandSpec] = Field(min_length=1)
     offset_rule: OffsetRule | None = None
+    mask: MaskSpec | None = Field(None, description="Cloud/shadow mask applied to each item before compositing.")
+    signing: Signing | None = Field(None, description="How asset hrefs are signed before reading "
+                                    "(planetary_computer: SAS tokens, see allspark.raster.signing).")
 
     @model_validator(mode="after")
     def _unique_bands(self) -> CatalogConfig:
@@ -189,7 +222,7 @@ def search_items(
         ))
     hits = sorted(hits, key=lambda item: (_item_span(item)[0], item.id))
     if filters is None:
-        return hits
+        return signed(hits, config.signing)
     selected = filters.select(hits)
     if not selected:
         where = f" over the AOI with bbox {_fmt_bbox(aoi.bounds)}" if aoi is not None else ""
@@ -198,7 +231,7 @@ def search_items(
             f"{_fmt_time(start)} and {_fmt_time(end)} matches the search filters ({filters.describe()}); "
             f"{_filtered_values(hits, filters)}"
         )
-    return selected
+    return signed(selected, config.signing)
 
 
 def _naming(filters: SearchFilters | None, message: str) -> str:
@@ -323,9 +356,15 @@ def _search_api(
 ) -> list[pystac.Item]:
     """Search a STAC API with pystac-client; the API evaluates the filters, sorts and cuts to ``max_items``."""
     from pystac_client import Client
+    from pystac_client.exceptions import APIError
 
-    search = Client.open(config.url_or_path).search(**api_search_parameters(config, aoi, start, end, filters))
-    items = [item for item in search.items() if _is_label(item) == labels]
+    try:
+        client = Client.open(config.url_or_path, modifier=signer(config.signing))  # signs each item found
+        search = client.search(**api_search_parameters(config, aoi, start, end, filters))
+        items = [item for item in search.items() if _is_label(item) == labels]
+    except APIError as err:  # the API's own reason, e.g. a query operator it does not implement
+        raise CatalogError(_naming(filters, f"STAC API {config.url_or_path} refused the search of collection "
+                                            f"{config.collection!r}") + f": {err}") from None
     if not items:
         raise NoItemsFound(_naming(filters,
             f"STAC API {config.url_or_path} returned no {'label' if labels else 'imagery'} items of collection "

@@ -169,10 +169,11 @@ class SearchFilters(SettingsBlock):
     def api_parameters(self) -> dict[str, Any]:
         """The keyword arguments of ``pystac_client.Client.search`` these filters set."""
         parameters: dict[str, Any] = {}
-        if self.query:
-            parameters["query"] = self.query
         if self.filter is not None:  # as CQL2-JSON; pystac-client sends it so in a POST and as text in a GET
-            parameters["filter"] = self.filter_json()
+            # with a query too, both go as one CQL2 filter: pgstac (Planetary Computer) refuses the two together
+            parameters["filter"] = self.cql2_json()
+        elif self.query:
+            parameters["query"] = self.query
         if self.sortby:
             parameters["sortby"] = [key.model_dump() for key in self.sortby]
         if self.max_items is not None:

@@ -9,8 +9,10 @@ return the same pixels on the same coordinates. Pixels stay digital numbers (DN)
 dtype chosen by :func:`storage_encoding`: the assets' own integer dtype with their shared nodata
 value where they have one (no float copy of the scene is ever made), else float32 with NaN for
 nodata. Several overlapping items are reduced to one image by a per-pixel median (or the first
-valid observation). Physical values (``DN * scale + offset``, NaN for nodata) are computed block
-by block with :func:`physical_values`.
+valid observation). An item's pixels that its mask asset flags (clouds, shadows: the catalog's
+``mask`` block) are set to nodata first, so a composite never holds one; :func:`masked_fraction`
+measures an item's masked share before loading. Physical values (``DN * scale + offset``, NaN for
+nodata) are computed block by block with :func:`physical_values`.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 
 from allspark.errors import CatalogError, InputError, NoDataError
-from allspark.raster.catalog import BandSpec, MissingBandError
+from allspark.raster.catalog import BandSpec, MaskSpec, MissingBandError
 
 if TYPE_CHECKING:  # xarray, rioxarray and dask load in about 1.5 s: only when loading, not for the early checks
     import xarray as xr
@@ -55,6 +57,10 @@ class CorruptAssetError(InputError):
 
 class AllNoDataError(NoDataError):
     """A loaded stack without a single valid pixel."""
+
+
+class MissingMaskError(CatalogError):
+    """An item without the mask asset that the catalog config's ``mask`` block names."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,44 @@ def gdal_reason(error: BaseException) -> str:
     return str(error)
 
 
+def masked_fraction(item: pystac.Item, mask: MaskSpec, bbox_4326: tuple[float, float, float, float] | None) -> float:
+    """The share of an item's pixels with data over ``bbox_4326`` (all of it when None) that ``mask`` drops.
+
+    Reads only the window of the mask asset under the box, at its native resolution; pixels equal to
+    the mask file's nodata value count as having no data. An item without a pixel with data there
+    counts as wholly masked (1.0). Raises :class:`MissingMaskError` for an item without the mask
+    asset, :class:`CorruptAssetError` for a file that cannot be read.
+    """
+    href = _mask_href(item, mask)
+    try:
+        with rasterio.open(href) as src:
+            window = Window(0, 0, src.width, src.height)
+            if bbox_4326 is not None:
+                box = from_bounds(
+                    *transform_bounds("EPSG:4326", src.crs, *bbox_4326, densify_pts=21), transform=src.transform)
+                col0 = max(0, math.floor(box.col_off + _SNAP_TOLERANCE))
+                row0 = max(0, math.floor(box.row_off + _SNAP_TOLERANCE))
+                col1 = min(src.width, math.ceil(box.col_off + box.width - _SNAP_TOLERANCE))
+                row1 = min(src.height, math.ceil(box.row_off + box.height - _SNAP_TOLERANCE))
+                window = Window(col0, row0, max(0, col1 - col0), max(0, row1 - row0))
+            values = src.read(1, window=window)
+            nodata = src.nodata
+    except (RasterioError, OSError) as err:
+        raise CorruptAssetError(href, f"the mask asset {mask.asset!r} cannot be read ({gdal_reason(err)})") from err
+    with_data = values != nodata if nodata is not None else np.ones(values.shape, bool)
+    count = int(with_data.sum())
+    return int((mask.drops(values) & with_data).sum()) / count if count else 1.0
+
+
+def _mask_href(item: pystac.Item, mask: MaskSpec) -> str:
+    """Where an item's mask asset is; :class:`MissingMaskError` naming the item and its assets when it has none."""
+    asset = item.assets.get(mask.asset)
+    if asset is None:
+        raise MissingMaskError(f"item {item.id} has no mask asset {mask.asset!r} (the catalog config's mask block); "
+                               f"its assets: {', '.join(sorted(item.assets)) or 'none'}")
+    return _asset_href(asset)
+
+
 def load_stack(
     items: Sequence[pystac.Item],
     bands: Sequence[BandSpec],
@@ -151,12 +195,15 @@ def load_stack(
     resolution: float | None = None,
     chunks: int = 1024,
     composite: Composite = "median",
+    mask: MaskSpec | None = None,
 ) -> xr.DataArray:
     """Load the bands of ``items`` lazily as a ``(band, y, x)`` DataArray of DNs (nothing is computed).
 
     Items are ordered by time (then id); overlapping observations are reduced by ``composite``:
     the per-pixel ``"median"`` of valid values (rounded back to an integer ``encoding``), or the
-    ``"first"`` (earliest) valid value.
+    ``"first"`` (earliest) valid value. With a ``mask``, each item's mask asset is loaded on the
+    same grid (nearest neighbour) and the pixels it drops become nodata in every band of that item
+    first: the composite never holds one, and a pixel dropped on every date is nodata.
 
     ``bbox_4326`` clips to an area (lon/lat); ``crs`` / ``resolution`` default to the items' native
     CRS (that of the first item) and finest native pixel size. Coordinates: ``band`` (band names),
@@ -171,7 +218,33 @@ def load_stack(
         raise CatalogError("load_stack needs at least one band")
     items = sorted(items, key=lambda item: (item.datetime or item.common_metadata.start_datetime, item.id))
     grid = output_grid(items, bands, bbox_4326=bbox_4326, crs=crs, resolution=resolution)
-    assets = list(dict.fromkeys(b.asset for b in bands))
+    raw = _load_assets(items, list(dict.fromkeys(b.asset for b in bands)), grid, encoding, loader, chunks)
+    raw = raw.sel(band=[b.asset for b in bands]).drop_vars("band")
+    if mask is not None:
+        import dask.array as dsa
+
+        mask_encoding = _mask_encoding([_mask_href(item, mask) for item in items][0])  # every item has the asset
+        flags = _load_assets(items, [mask.asset], grid, mask_encoding, loader, chunks).data
+        dropped = flags.map_blocks(mask.drops, dtype=bool)  # (time, 1, y, x): broadcast over the bands
+        raw = raw.copy(data=dsa.where(dropped, np.asarray(encoding.nodata, dtype=raw.dtype), raw.data))
+    stack = _reduce_time(raw, bands, encoding, composite)
+    rows, cols = grid.shape
+    minx, _, _, maxy = grid.bounds
+    stack = stack.assign_coords(
+        band=[b.name for b in bands],
+        wavelength=("band", [b.center_wavelength for b in bands]),
+        y=maxy - grid.resolution * (np.arange(rows) + 0.5),
+        x=minx + grid.resolution * (np.arange(cols) + 0.5),
+    )
+    stack.attrs = {"stac_items": [item.id for item in items]}
+    stack = stack.rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_crs(f"EPSG:{grid.epsg}")
+    return stack.rio.write_transform(grid.transform).rio.write_nodata(encoding.nodata, encoded=False)
+
+
+def _load_assets(items: Sequence[pystac.Item], assets: list[str], grid: Grid, encoding: Encoding, loader: Loader,
+                 chunks: int) -> xr.DataArray:
+    """The ``(time, band, y, x)`` DNs of ``assets`` (the band coordinate) of every item on ``grid``, with the
+    reader ``loader`` picks (see the module docstring)."""
     placed = _placed_on_grid(items, assets, grid) if loader in ("auto", "rasterio") else None
     if loader == "rasterio" and placed is None:
         raise CatalogError("loader 'rasterio' reads only assets on the output grid (same CRS and pixel size, whole-pixel "
@@ -184,21 +257,20 @@ def load_stack(
         raw = _load_stackstac(items, assets, grid, encoding, chunks)
     else:
         raise CatalogError(f"loader must be 'auto', 'rasterio', 'odc' or 'stackstac', got {loader!r}")
-    raw = raw.reset_coords(drop=True).transpose("time", "band", "y", "x").sel(band=[b.asset for b in bands])
+    raw = raw.reset_coords(drop=True).transpose("time", "band", "y", "x")
     if raw.shape[-2:] != grid.shape:
         raise RuntimeError(f"{loader} returned a {raw.shape[-2:]} grid, expected {grid.shape}")
-    stack = _reduce_time(raw.drop_vars("band"), bands, encoding, composite)
-    rows, cols = grid.shape
-    minx, _, _, maxy = grid.bounds
-    stack = stack.assign_coords(
-        band=[b.name for b in bands],
-        wavelength=("band", [b.center_wavelength for b in bands]),
-        y=maxy - grid.resolution * (np.arange(rows) + 0.5),
-        x=minx + grid.resolution * (np.arange(cols) + 0.5),
-    )
-    stack.attrs = {"stac_items": [item.id for item in items]}
-    stack = stack.rio.set_spatial_dims(x_dim="x", y_dim="y").rio.write_crs(f"EPSG:{grid.epsg}")
-    return stack.rio.write_transform(grid.transform).rio.write_nodata(encoding.nodata, encoded=False)
+    return raw
+
+
+def _mask_encoding(href: str) -> Encoding:
+    """How a mask asset loads: in its own dtype (bit tests need its integers), its nodata value filling the
+    area outside it (0, SCL's "no data", when the file has none)."""
+    with rasterio.open(href) as src:
+        dtype, nodata = src.dtypes[0], src.nodata
+    if np.dtype(dtype).kind == "f":
+        return Encoding("float32", float("nan"))
+    return Encoding(dtype, 0.0 if nodata is None else float(nodata))
 
 
 def loader_chunk(planes: int, itemsize: int, multiple: int, budget: int = LOADER_CHUNK_BYTES) -> int:

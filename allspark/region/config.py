@@ -20,9 +20,13 @@ from allspark.core.config import (
     load_config,
 )
 from allspark.raster.filters import SearchFilters
+from allspark.region.labels import LabelsSettings, file_class_names
 
 if TYPE_CHECKING:
     from allspark.raster.catalog import BandSpec
+
+MAX_MASKED_FRACTION = 0.8
+"""Default limit of an item's masked (cloud, shadow) share of the AOI; items above it are skipped."""
 
 LANDSAT7_NC_CLASSES = [
     "developed",
@@ -52,11 +56,16 @@ class ChipConfig(SettingsBlock):
 
 
 class RegionTrainSettings(TrainSettings):
-    """Fine-tuning on labelled pixels of the catalog (a STAC label item over the imagery)."""
+    """Fine-tuning on labelled pixels: the catalog's STAC label item over the imagery, or a file of the user's own."""
 
     label_item: str | None = Field(
         None, description="Id of the STAC label item; default: the label item whose source is the image."
     )
+    labels: LabelsSettings | None = Field(
+        None, exclude_if=lambda labels: labels is None,  # absent: the fingerprint it had before the field existed
+        description="Your own labels instead of a STAC label item: a vector file (GeoJSON, GeoParquet, GeoPackage, "
+        "Shapefile; polygons or points, any CRS) with a class_column of class names or codes 1..N, or a label "
+        "raster of codes (a path alone). Without class_names in the config, a column of names gives them (sorted).")
     holdout: Literal["regions", "pixels"] = Field(
         "regions", description="Hold out whole labelled regions (honest) or random pixels (optimistic)."
     )
@@ -64,6 +73,13 @@ class RegionTrainSettings(TrainSettings):
     max_train_pixels: int | None = Field(
         None, ge=1, description="Cap on training pixels (stratified), for quick runs and tests."
     )
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> RegionTrainSettings:
+        if self.labels is not None and self.label_item is not None:
+            raise ValueError(f"give train.labels (your own file, {self.labels.path}) or train.label_item (the "
+                             f"catalog's STAC label item {self.label_item!r}), not both")
+        return self
 
 
 class RegionModelConfig(SettingsBlock):
@@ -112,6 +128,12 @@ class RegionConfig(ModelRunConfig):
     loader: Literal["auto", "rasterio", "odc", "stackstac"] = Field(
         "auto", description="Pixel reader: rasterio windows when the assets lie on the output grid, else odc-stac (auto).")
     composite: Literal["median", "first"] = "median"
+    cloud_mask: bool = Field(
+        True, description="Drop the pixels the catalog's mask block flags (clouds, shadows) from each item before "
+        "compositing and skip items masked over more than max_masked_fraction of the AOI; false composites them as "
+        "they are. Nothing changes for a catalog without a mask block.")
+    max_masked_fraction: float = Field(
+        MAX_MASKED_FRACTION, ge=0, le=1, description="Skip items whose masked share of the AOI exceeds this.")
     resolution: float | None = Field(None, gt=0, description="Output pixel size in CRS units; none = native.")
     chips: ChipConfig = Field(default_factory=ChipConfig)
     class_names: list[str] = Field(default_factory=lambda: list(LANDSAT7_NC_CLASSES), min_length=2)
@@ -120,11 +142,25 @@ class RegionConfig(ModelRunConfig):
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
 
+    @model_validator(mode="after")
+    def _class_names_from_labels(self) -> RegionConfig:
+        """Without ``class_names``, a labels file whose class column holds names gives them (sorted): set here, so
+        the config a run fingerprints, gives the model head and stores beside its outputs carries them."""
+        labels = self.train.labels if self.train is not None and self.checkpoint is None else None
+        if labels is not None and "class_names" not in self.model_fields_set:
+            names = file_class_names(labels)
+            if names is not None:
+                self.class_names = names
+        return self
+
     def unfingerprinted_fields(self) -> set[str]:
-        """The runtime fields, and an absent or empty ``search`` block: it filters nothing, so a config without
-        filters keeps the fingerprint (and the work folder) it had before the block existed."""
+        """The runtime fields, an absent or empty ``search`` block (it filters nothing) and the masking fields at
+        their defaults, so a config without them keeps the fingerprint (and the work folder) it had before they
+        existed."""
         empty = self.search is None or self.search.is_empty
-        return super().unfingerprinted_fields() | ({"search"} if empty else set())
+        defaults = {name for name in ("cloud_mask", "max_masked_fraction")
+                    if getattr(self, name) == type(self).model_fields[name].default}
+        return super().unfingerprinted_fields() | ({"search"} if empty else set()) | defaults
 
     def contract(self, bands: Sequence[BandSpec] = ()) -> dict[str, Any]:
         """The band names and class names in order, and the bands' centre wavelengths when the catalog's

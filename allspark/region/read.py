@@ -1,7 +1,7 @@
 """Reading a region's inputs: the plan (catalog search, bands, checks) and the labels on the scene's grid.
 
 Everything that can be checked before work starts (config, catalog, AOI, dates, bands, readable
-assets) is checked by :func:`plan_region`, so bad input fails before anything is written.
+assets, cloud masks) is checked by :func:`plan_region`, so bad input fails before anything is written.
 """
 
 from __future__ import annotations
@@ -10,22 +10,26 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pystac
 import rasterio
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.warp import reproject, transform_bounds
 
 from allspark.core.atomic import write_text
-from allspark.errors import InputError
-from allspark.raster.catalog import BandSpec, CatalogConfig, NoItemsFound, load_aoi, load_catalog_config, resolve_bands, search_items
+from allspark.errors import InputError, NoDataError
+from allspark.raster.catalog import (BandSpec, CatalogConfig, MaskSpec, NoItemsFound, load_aoi, load_catalog_config,
+                                     resolve_bands, search_items)
 from allspark.raster.filters import SearchFilters
-from allspark.raster.load import CorruptAssetError, Encoding, check_readable, gdal_reason, output_grid, storage_encoding
+from allspark.raster.load import (CorruptAssetError, Encoding, check_readable, gdal_reason, masked_fraction,
+                                  output_grid, storage_encoding)
+from allspark.raster.signing import signed, unsigned
 from allspark.raster.windows import Window
+from allspark.region.config import MAX_MASKED_FRACTION
 
 if TYPE_CHECKING:  # the scene store's module loads dask, xarray and zarr: not needed for the early checks
     from allspark.raster.scene import Scene
@@ -33,8 +37,17 @@ if TYPE_CHECKING:  # the scene store's module loads dask, xarray and zarr: not n
 PLAN_FILE = "plan.json"
 
 
+class AllItemsMaskedError(NoDataError):
+    """Every item found is masked (clouds, shadows) over more of the AOI than a run accepts."""
+
+
 class RegionPlan(BaseModel):
-    """What a run reads: the catalog, the items found, the bands resolved on them, the grid and the encoding."""
+    """What a run reads: the catalog, the items found, the bands resolved on them, the grid and the encoding.
+
+    With a cloud ``mask`` (the catalog's, unless the run turns masking off), ``masked_fraction`` holds each
+    item's masked share over the AOI, and the items above the run's limit are left out of ``items`` and
+    listed in ``items_skipped_masked``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     catalog: CatalogConfig
@@ -44,6 +57,9 @@ class RegionPlan(BaseModel):
     shape: tuple[int, int]
     dtype: str
     nodata: float | None  # None: NaN
+    mask: MaskSpec | None = None
+    masked_fraction: dict[str, float] = Field(default_factory=dict)
+    items_skipped_masked: list[str] = Field(default_factory=list)
 
     @property
     def encoding(self) -> Encoding:
@@ -52,28 +68,51 @@ class RegionPlan(BaseModel):
     def pystac_items(self) -> list[pystac.Item]:
         return [pystac.Item.from_dict(d) for d in self.items]
 
+    def readable_items(self) -> list[pystac.Item]:
+        """The items to read assets from: signed afresh when the catalog signs (the plan keeps no token)."""
+        return signed(self.pystac_items(), self.catalog.signing)
+
     def digest(self) -> str:
         """A short hash of the items and bands: part of the work folder's key."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
     def local_assets(self) -> list[Path]:
-        """The band files on this machine's disk (their content keys the work folder too)."""
-        hrefs = {item["assets"][band.asset]["href"] for item in self.items for band in self.bands}
+        """The band and mask files on this machine's disk (their content keys the work folder too)."""
+        keys = [band.asset for band in self.bands] + ([self.mask.asset] if self.mask is not None else [])
+        hrefs = {item["assets"][key]["href"] for item in self.items for key in keys}
         paths = [Path(href.removeprefix("file://")) for href in sorted(hrefs) if "://" not in href.removeprefix("file://")]
         return [path for path in paths if path.is_file()]
 
 
 def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None, bands: list[str],
-                resolution: float | None, search: SearchFilters | None = None) -> RegionPlan:
+                resolution: float | None, search: SearchFilters | None = None, *, cloud_mask: bool = True,
+                max_masked_fraction: float = MAX_MASKED_FRACTION) -> RegionPlan:
     """Search the catalog (with the ``search`` filters) and check every input; raise a clear error before any work
-    is done."""
+    is done.
+
+    With ``cloud_mask`` and a catalog ``mask`` block, each item's mask is read over the AOI and the items masked
+    over more than ``max_masked_fraction`` of it are skipped (:class:`AllItemsMaskedError` when none is left).
+    """
     catalog_config = load_catalog_config(catalog)
     area = load_aoi(aoi) if aoi else None
     items = search_items(catalog_config, area, datetime, filters=search)
+    if catalog_config.signing is not None:  # tokens expire: the plan keeps none, every read signs afresh
+        items = unsigned(items)
+    readable = {item.id: item for item in signed(items, catalog_config.signing)}
     # every item must carry the bands; the first item's specs describe them all
     specs = [resolve_bands(item, bands, catalog_config) for item in items][0]
-    encoding = storage_encoding(check_readable(items, specs), specs)
     bbox = tuple(area.bounds) if area is not None else None
+    mask = catalog_config.mask if cloud_mask else None
+    fractions = {item.id: masked_fraction(readable[item.id], mask, bbox) for item in items} if mask is not None else {}
+    skipped = [item.id for item in items if fractions.get(item.id, 0.0) > max_masked_fraction]
+    if len(skipped) == len(items):
+        shares = ", ".join(f"{item_id} {share:.1%}" for item_id, share in fractions.items())
+        raise AllItemsMaskedError(
+            f"every item found is masked (mask asset {mask.asset!r} of catalog {catalog}) over more than "
+            f"max_masked_fraction = {max_masked_fraction:g} of the AOI: {shares}. Raise max_masked_fraction, search "
+            f"other dates, or set cloud_mask: false to composite the clouds as they are")
+    items = [item for item in items if item.id not in skipped]
+    encoding = storage_encoding(check_readable([readable[item.id] for item in items], specs), specs)
     grid = output_grid(items, specs, bbox_4326=bbox, resolution=resolution)
     return RegionPlan(
         catalog=catalog_config,
@@ -83,6 +122,9 @@ def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None,
         shape=grid.shape,
         dtype=encoding.dtype,
         nodata=None if math.isnan(encoding.nodata) else encoding.nodata,
+        mask=mask,
+        masked_fraction=fractions,
+        items_skipped_masked=skipped,
     )
 
 
@@ -93,6 +135,40 @@ def save_plan(plan: RegionPlan, work_dir: Path) -> None:
 
 def load_plan(work_dir: Path) -> RegionPlan:
     return RegionPlan.model_validate_json((work_dir / PLAN_FILE).read_text())
+
+
+class PixelGrid(NamedTuple):
+    """A north-up pixel grid as a :class:`~allspark.raster.scene.Scene` describes its own: what labels are read onto."""
+
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    height: int
+    width: int
+
+
+def plan_grid(plan: RegionPlan, resolution: float | None) -> PixelGrid:
+    """The grid the scene store will be written on (the plan's items and AOI, as :func:`plan_region` computes it):
+    labels can be checked against it before any work."""
+    grid = output_grid(plan.pystac_items(), plan.bands, bbox_4326=plan.aoi_bbox, resolution=resolution)
+    return PixelGrid(f"EPSG:{grid.epsg}", tuple(grid.transform)[:6], *grid.shape)
+
+
+def grid_window(bounds: tuple[float, float, float, float], grid: Scene | PixelGrid, margin: int) -> Window | None:
+    """The grid's pixels over ``bounds`` (left, bottom, right, top in the grid's CRS) plus ``margin`` pixels, cut to
+    the grid; None when that leaves none."""
+    left, bottom, right, top = bounds
+    a, _, c, _, e, f = grid.transform
+    rows = (max(0, math.floor((f - top) / -e) - margin), min(grid.height, math.ceil((f - bottom) / -e) + margin))
+    cols = (max(0, math.floor((left - c) / a) - margin), min(grid.width, math.ceil((right - c) / a) + margin))
+    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+        return None
+    return {"y": slice(*rows), "x": slice(*cols)}
+
+
+def window_transform(grid: Scene | PixelGrid, window: Window) -> rasterio.Affine:
+    """The transform of a window of the grid."""
+    a, _, c, _, e, f = grid.transform
+    return rasterio.Affine(a, 0, c + a * window["x"].start, 0, e, f + e * window["y"].start)
 
 
 def find_label_item(catalog: CatalogConfig, image_items: list[pystac.Item], label_id: str | None) -> pystac.Item:
@@ -116,7 +192,7 @@ def label_href(item: pystac.Item) -> str:
     return asset.get_absolute_href()
 
 
-def read_labels(href: str, scene: Scene, margin: int) -> tuple[Window, np.ndarray]:
+def read_labels(href: str, scene: Scene | PixelGrid, margin: int) -> tuple[Window, np.ndarray]:
     """The scene window around the labels (plus ``margin`` pixels of context) and the labels on it.
 
     Returns the window and its (y, x) class values, 0 = unlabelled (as is the label raster's nodata).
@@ -130,16 +206,14 @@ def read_labels(href: str, scene: Scene, margin: int) -> tuple[Window, np.ndarra
                 labels[labels == src.nodata] = 0
     except RasterioError as err:
         raise CorruptAssetError(href, f"the label raster cannot be read ({gdal_reason(err)})") from err
-    a, _, c, _, e, f = scene.transform
-    rows = (max(0, math.floor((f - top) / -e) - margin), min(scene.height, math.ceil((f - bottom) / -e) + margin))
-    cols = (max(0, math.floor((left - c) / a) - margin), min(scene.width, math.ceil((right - c) / a) + margin))
-    if rows[0] >= rows[1] or cols[0] >= cols[1]:
+    window = grid_window((left, bottom, right, top), scene, margin)
+    if window is None:
         raise InputError(f"the labels {href} do not overlap the imagery of the scene ({scene.width} x "
                          f"{scene.height} px, {scene.crs})")
-    window = {"y": slice(*rows), "x": slice(*cols)}
-    on_scene = np.zeros((rows[1] - rows[0], cols[1] - cols[0]), dtype=labels.dtype)
+    on_scene = np.zeros((window["y"].stop - window["y"].start, window["x"].stop - window["x"].start),
+                        dtype=labels.dtype)
     reproject(labels, on_scene, src_transform=label_transform, src_crs=label_crs,
-              dst_transform=rasterio.Affine(a, 0, c + a * cols[0], 0, e, f + e * rows[0]), dst_crs=scene.crs,
+              dst_transform=window_transform(scene, window), dst_crs=scene.crs,
               resampling=Resampling.nearest, src_nodata=None, dst_nodata=0)
     return window, np.nan_to_num(on_scene).astype(np.int64)
 

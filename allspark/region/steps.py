@@ -63,12 +63,14 @@ from allspark.raster.scene import (
 from allspark.raster.windows import Window
 from allspark.region.config import RegionConfig
 from allspark.region.inputs import Normalizer, classification_metrics, fine_tune, predict_chips
+from allspark.region.labels import check_labels, read_user_labels
 from allspark.region.read import (
     RegionPlan,
     find_label_item,
     holdout_record,
     label_href,
     load_plan,
+    plan_grid,
     plan_region,
     read_labels,
     save_plan,
@@ -85,7 +87,8 @@ HOLDOUT_FILE = "holdout_pixels.json"
 
 def plan(config: RegionConfig) -> RegionPlan:
     """The run's plan (search and input checks) from its config: about a second, nothing written."""
-    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search)
+    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search,
+                       cloud_mask=config.cloud_mask, max_masked_fraction=config.max_masked_fraction)
 
 
 def scene_loader_chunk(config: RegionConfig, plan: RegionPlan) -> int:
@@ -101,11 +104,20 @@ def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
     return int(pixels * (len(plan.bands) * np.dtype(plan.dtype).itemsize + 4 * classes + 1 + 4 * classes))
 
 
+def checked_plan(config: RegionConfig) -> RegionPlan:
+    """The plan, with what it lets us check before any work: a checkpoint against the catalog's bands and
+    wavelengths, or the user's labels against the grid the scene will be written on."""
+    region_plan = plan(config)
+    if config.checkpoint is not None:
+        check_checkpoint(config, config.contract(region_plan.bands))
+    elif config.train is not None and config.train.labels is not None:
+        check_labels(config.train.labels, config.class_names, plan_grid(region_plan, config.resolution))
+    return region_plan
+
+
 def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     """Search, check, and write the scene once to ``<work>/scene.zarr`` (kept when already complete)."""
-    region_plan = plan(config)
-    if config.checkpoint is not None:  # the catalog's wavelengths are known now: refuse a misfit before any work
-        check_checkpoint(config, config.contract(region_plan.bands))
+    region_plan = checked_plan(config)
     work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
     check_writable(config.publish_dir, work, min_free_bytes=storage_estimate(config, region_plan))
     save_plan(region_plan, work)
@@ -114,9 +126,9 @@ def ingest(config: RegionConfig, log: Log = print) -> Ingested:
         scene, _ = open_scene(store)
     else:
         raster = load_stack(
-            region_plan.pystac_items(), region_plan.bands, region_plan.encoding, loader=config.loader,
+            region_plan.readable_items(), region_plan.bands, region_plan.encoding, loader=config.loader,
             bbox_4326=region_plan.aoi_bbox, resolution=config.resolution, composite=config.composite,
-            chunks=scene_loader_chunk(config, region_plan),
+            chunks=scene_loader_chunk(config, region_plan), mask=region_plan.mask,
         )
         scene, _ = write_scene(raster, region_plan.bands, region_plan.encoding, store, config.chips.block)
         release_freed_memory()
@@ -130,7 +142,8 @@ def ingest(config: RegionConfig, log: Log = print) -> Ingested:
         f"{valid} pixels with data, items {', '.join(scene.items)}")
     return Ingested(work_dir=work, store=store, summary={
         "items": len(region_plan.items), "height": scene.height, "width": scene.width, "valid_pixels": valid,
-        "blocks": len(scene.blocks()),
+        "blocks": len(scene.blocks()), "masked_fraction": region_plan.masked_fraction,
+        "items_skipped_masked": len(region_plan.items_skipped_masked),
     })
 
 
@@ -149,7 +162,8 @@ def release_freed_memory() -> None:
 
 
 def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained:
-    """Fine-tune on the catalog's labelled pixels (read from the scene store) and save the bundle.
+    """Fine-tune on the labelled pixels of the catalog's label item or of the user's ``train.labels`` file (the
+    image read from the scene store) and save the bundle.
 
     Only the part of the scene around the labels (plus one chip of context) is read.
     """
@@ -159,16 +173,24 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
     if config.train is None:
         raise ConfigError(f"region {config.name!r} has no train settings: nothing to fine-tune")
     region_plan = load_plan(ingested.work_dir)
-    label_item = find_label_item(region_plan.catalog, region_plan.pystac_items(), config.train.label_item)
-    href = label_href(label_item)
-    directory = ingested.work_dir / model_dir(href)
+    user_labels = config.train.labels
+    if user_labels is None:
+        label_item = find_label_item(region_plan.catalog, region_plan.pystac_items(), config.train.label_item)
+        href = label_href(label_item)
+        label_files = [Path(href.removeprefix("file://"))]
+        labels_name = f"the labels {href} (STAC item {label_item.id})"
+        read = functools.partial(read_labels, href)
+    else:
+        label_files, labels_name = user_labels.files(), f"the labels {user_labels.path}"
+        read = functools.partial(read_user_labels, user_labels, config.class_names)
+    directory = ingested.work_dir / model_dir(label_files)
     if directory.exists():
         return given_checkpoint(directory)
     from allspark.model.model import AllSpark
     from allspark.model.training import seed_everything
 
     scene, dn = open_scene(ingested.store)
-    window, labels = read_labels(href, scene, margin=config.chips.size)
+    window, labels = read(scene, margin=config.chips.size)
     image = read_values(scene, dn, window)
     seed_everything(config.seed)  # the initial weights too, not only the data order
     model = AllSpark(config.model.allspark_config(config.class_names, config.language))
@@ -176,20 +198,24 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
         model, image=image, labels=labels, bands=config.bands,
         wavelengths=[b.center_wavelength for b in scene.bands], class_names=config.class_names,
         chip_size=config.chips.size, config=config.train, seed=config.seed, log=log,
-        labels_name=f"the labels {href} (STAC item {label_item.id})",
+        labels_name=labels_name,
     )
-    metrics["label_item"] = label_item.id
+    if user_labels is None:
+        metrics["label_item"] = label_item.id
+    else:
+        metrics["labels"]["file"] = str(user_labels.path)
     save_bundle(directory, model, normalizer, config, metrics, extra_files={
         HOLDOUT_FILE: holdout_record(holdout.rows, holdout.cols, holdout.classes, scene, window)},
         contract=config.contract(scene.bands))
     return Trained(checkpoint=directory, metrics=metrics)
 
 
-def model_dir(labels_href: str) -> str:
-    """The fine-tuned bundle's folder in the work folder, named by what the label file holds, so labels
-    fixed or replaced in place train a new model (the scene, which does not read them, is kept)."""
-    path = Path(labels_href.removeprefix("file://"))
-    return f"{MODEL_DIR}-{content_digest([path])}" if path.is_file() else MODEL_DIR
+def model_dir(label_files: list[Path]) -> str:
+    """The fine-tuned bundle's folder in the work folder, named by what the label files on this machine hold
+    (a Shapefile's sidecars too), so labels fixed or replaced in place train a new model (the scene, which does
+    not read them, is kept)."""
+    local = [path for path in label_files if path.is_file()]
+    return f"{MODEL_DIR}-{content_digest(local)}" if local else MODEL_DIR
 
 
 # -- predict --------------------------------------------------------------------------------------
