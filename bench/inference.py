@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from allspark.model import AllSpark
 from allspark.raster.load import load_stack, physical_values
-from allspark.region import steps
+from allspark.region import read
 from allspark.region.config import RegionConfig
 from allspark.region.inputs import Normalizer
 from bench.common import best_rate, environment, write_results
@@ -40,7 +40,7 @@ PEAK_BF16_TFLOPS = {  # dense (no sparsity), from the vendors' data sheets
 
 def demo_chips(config: RegionConfig, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` normalised 16x16 chips from the middle of the demo scene, and their wavelengths."""
-    plan = steps.plan(config)
+    plan = read.plan(config)
     raster = load_stack(plan.pystac_items(), plan.bands, plan.encoding, bbox_4326=plan.aoi_bbox)
     dn = raster.isel(y=slice(150, 150 + 16 * 4), x=slice(150, 150 + 16 * 8)).values
     image = physical_values(dn, plan.bands, plan.encoding)

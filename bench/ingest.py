@@ -43,7 +43,7 @@ from rasterio.windows import Window
 
 from allspark.raster.load import load_stack
 from allspark.raster.scene import scene_chunk, write_scene
-from allspark.region import steps
+from allspark.region import read, steps
 from allspark.region.config import RegionConfig
 from allspark.region.read import RegionPlan
 from bench.common import environment, write_results
@@ -99,7 +99,7 @@ def asset_hrefs(plan: RegionPlan) -> list[str]:
 
 def case_rows(label: str, config: RegionConfig, repeats: int) -> tuple[list[dict], dict]:
     """Raw read, the ingest's stages and the whole ingest of one case; rates against the raw read."""
-    plan = steps.plan(config)
+    plan = read.plan(config)
     rows, cols = plan.shape
     hrefs = asset_hrefs(plan)
     megapixels = rows * cols / 1e6
@@ -146,7 +146,7 @@ def loader_rows(single_aoi: str | None, stack_px: int, repeats: int) -> list[dic
         row = {"items": label}
         for loader in ("rasterio", "odc", "stackstac"):
             config = scene_config(datetime=datetime, aoi=aoi, loader=loader)
-            raster = lazy_raster(config, steps.plan(config))
+            raster = lazy_raster(config, read.plan(config))
             row["grid"] = f"{raster.sizes['y']} x {raster.sizes['x']} px x {raster.sizes['band']} bands"
             with dask.config.set(scheduler="threads"):
                 row[f"{loader}_seconds"] = best_seconds(raster.data.sum().compute, repeats)

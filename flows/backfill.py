@@ -29,6 +29,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from allspark.core.storage import check_writable
 from allspark.errors import ConfigError
 from allspark.region import backfill
 from allspark.region.config import RegionConfig, load_region_config
@@ -86,6 +87,7 @@ def backfill_flow(
     base = config if isinstance(config, RegionConfig) else load_region_config(config)
     jobs = backfill.plan_backfill(base, aois, start, end, step, name)
     root = backfill.backfill_root(base, name)
+    check_writable(root)  # bad storage (a bucket without credentials...) is one error, not a failure per window
     results: dict[int, backfill.WindowResult] = {}
     pending = []
     for index, job in enumerate(jobs):

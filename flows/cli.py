@@ -34,6 +34,9 @@ from allspark.settings import deployments_dir
 from flows.serve import run_server
 
 
+OUTPUT_DIR_HELP = "a folder, or an object-storage URL such as s3://bucket/prefix (credentials from the environment)"
+
+
 def _region_overrides(args: argparse.Namespace) -> dict:
     datetime = tuple(args.datetime.split("/")) if args.datetime else None
     if datetime is not None and len(datetime) != 2:
@@ -57,19 +60,21 @@ def _print_published(title: str, published: Published) -> None:
 
 
 def _run_region(args: argparse.Namespace) -> int:
-    from allspark.region.steps import checked_plan
+    from allspark.region.read import checked_plan
 
     config = load_region_config(args.config, **_region_overrides(args))
     # the catalog, AOI, dates, bands, assets, masks, checkpoint or labels and output folder, checked in a second or
     # two before the orchestrator starts: a bad input is one line, not a flow run's tracebacks (ingest checks again)
     plan = checked_plan(config)
     config = apply_checkpoint(config, config.contract(plan.bands))
-    check_writable(config.publish_dir)
+    check_writable(config.publish_location)
     from flows.region import run_region  # imports Prefect and torch: only when running
 
     with run_server():
         published = run_region(config)
-    _print_published(f"Outputs of region {config.name!r} in {config.publish_dir.resolve()}:", published)
+    where = config.publish_location
+    _print_published(f"Outputs of region {config.name!r} in {where.resolve() if isinstance(where, Path) else where}:",
+                     published)
     metrics = published.metrics
     if metrics.get("holdout_accuracy") is not None:
         mapped = metrics["map_holdout"]["overall_accuracy"] if metrics.get("map_holdout") else None
@@ -83,7 +88,7 @@ def _run_file_flow(args: argparse.Namespace) -> int:
     path = args.config or deployments_dir() / kind.example
     overrides = {"name": args.name, "output_dir": args.output_dir, "checkpoint": args.checkpoint}
     config = apply_checkpoint(load_config(kind.config_class(), path, **overrides))
-    check_writable(config.publish_dir)  # before the orchestrator starts, as for a region run
+    check_writable(config.publish_location)  # before the orchestrator starts, as for a region run
     from flows.files import run_file_flow  # imports Prefect and torch: only when running
 
     with run_server():
@@ -96,12 +101,13 @@ def _run_file_flow(args: argparse.Namespace) -> int:
 
 
 def _run_backfill(args: argparse.Namespace) -> int:
-    from allspark.region.backfill import plan_backfill
+    from allspark.region.backfill import backfill_root, plan_backfill
     from flows.backfill import run_backfill  # Prefect and torch: only when running
 
     config = apply_checkpoint(load_region_config(args.config, output_dir=args.output_dir,
                                                  dask_address=args.dask_address))
     plan_backfill(config, args.aoi, args.start, args.end, args.step, args.name)  # bad input fails before Prefect starts
+    check_writable(backfill_root(config, args.name))
     with run_server():
         summary = run_backfill(aois=args.aoi, start=args.start, end=args.end, step=args.step, config=config,
                                name=args.name, concurrency=args.concurrency, retries=args.retries)
@@ -156,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--aoi", help="GeoJSON file or 'minx,miny,maxx,maxy' in lon/lat")
     region.add_argument("--datetime", help="START/END, ISO 8601 dates")
     region.add_argument("--loader", choices=get_args(RegionConfig.model_fields["loader"].annotation))
-    region.add_argument("--output-dir", type=Path)
+    region.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
     region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
     region.set_defaults(handler=_run_region)
@@ -165,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
         file_flow = run.add_parser(name, help=kind.help)
         file_flow.add_argument("--config", type=Path, help=f"run config YAML (default: deployments/{kind.example})")
         file_flow.add_argument("--name", help="run name (output folder under --output-dir)")
-        file_flow.add_argument("--output-dir", type=Path)
+        file_flow.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
         file_flow.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
         file_flow.set_defaults(handler=_run_file_flow)
 
@@ -178,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="daily, weekly, monthly, quarterly, yearly or an ISO 8601 duration such as P14D")
     backfill.add_argument("--config", type=Path, help="base region config YAML (default: the embedded demo)")
     backfill.add_argument("--name", default="backfill", help="folder under the config's output_dir (default: backfill)")
-    backfill.add_argument("--output-dir", type=Path)
+    backfill.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
     backfill.add_argument("--dask-address", help="an existing Dask scheduler (default: one local cluster for all windows)")
     backfill.add_argument("--concurrency", type=int, default=2, help="windows run at once (default: 2)")
     backfill.add_argument("--retries", type=int, default=1, help="retries of a failed window (default: 1)")

@@ -492,3 +492,33 @@ def real_s2_crop_item(source: Path, dest: Path, processing_baseline: str) -> pys
                                                 "s2:processing_baseline": processing_baseline},
     }
     return pystac.Item.from_dict(data, migrate=False)
+
+
+S2_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
+"""The six Sentinel-2 bands the region tests map, by common name."""
+RESOLUTION = 30.0
+"""The tests' output grid (metres): 88 x 88 px of the 2,640 m scene, quick to map."""
+
+
+def quiet(_: str) -> None:
+    """A step log that prints nothing."""
+
+
+def untrained_checkpoint(cloud_free_yaml: Path, folder: Path) -> Path:
+    """A seeded, untrained region bundle for :data:`S2_BANDS` at :data:`RESOLUTION`, its normaliser fitted on the
+    cloud-free scene: a fixed function of the scene (the painted catalogs hold no labels), so equal scenes give
+    equal maps."""
+    from allspark.core.bundle import save_bundle
+    from allspark.model import AllSpark, seed_everything
+    from allspark.raster.scene import open_scene, read_values
+    from allspark.region import steps
+    from allspark.region.inputs import Normalizer
+    from tests.regions import quick_config
+
+    config = quick_config(cloud_free_yaml, folder / "outputs", bands=S2_BANDS, resolution=RESOLUTION)
+    scene, dn = open_scene(steps.ingest(config, quiet).store)
+    values = read_values(scene, dn, {"y": slice(None), "x": slice(None)})
+    seed_everything(0)
+    model = AllSpark(config.model.allspark_config(config.class_names, config.language))
+    normalizer = Normalizer.fit(S2_BANDS, values.reshape(len(S2_BANDS), -1))
+    return save_bundle(folder / "model", model, normalizer, config, contract=config.contract(scene.bands))

@@ -137,7 +137,8 @@ def assert_published(region_dir: Path) -> dict:
     for key, asset in item.assets.items():
         assert Path(asset.get_absolute_href()).exists(), f"asset {key} ({asset.href}) does not resolve"
     for link in item.get_links("derived_from"):
-        assert Path(link.get_absolute_href()).exists(), f"derived_from link {link.href} does not resolve"
+        assert Path(link.get_absolute_href().removeprefix("file://")).exists(), \
+            f"derived_from link {link.href} does not resolve"
     for key in ("classmap", "probabilities"):
         valid, errors, _ = cog_validate(item.assets[key].get_absolute_href(), quiet=True)
         assert valid, f"{key} is not a valid COG: {errors}"

@@ -22,28 +22,23 @@ import yaml
 from affine import Affine
 from rasterio.warp import transform_bounds
 
-from allspark.core.bundle import save_bundle
 from allspark.core.steps import run_pipeline
 from allspark.errors import ConfigError
 from allspark.raster.catalog import CatalogConfigError, load_catalog_config, resolve_bands
 from allspark.raster.load import (MissingMaskError, check_readable, load_stack, masked_fraction, physical_values,
                                   storage_encoding)
-from allspark.raster.scene import open_scene, read_values
+from allspark.raster.scene import open_scene
 from allspark.region import steps
 from allspark.region.config import load_region_config
 from allspark.region.read import AllItemsMaskedError, plan_region
 from allspark.settings import work_root
 from tests.conftest import shared_data
-from tests.painted_scenes import CELL, EPSG, PATCHES, build_painted_scenes, real_s2_crop_item
+from tests.painted_scenes import (CELL, EPSG, PATCHES, RESOLUTION, S2_BANDS, build_painted_scenes, quiet,
+                                  real_s2_crop_item, untrained_checkpoint)
 from tests.regions import quick_config
 
-S2_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 LANDSAT_BANDS = ["blue", "green", "red", "nir08", "swir16", "swir22"]
-RESOLUTION = 30.0
 
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="session")
@@ -79,17 +74,7 @@ def fixed_checkpoint(configs, tmp_path_factory):
     """One fixed model bundle for the six bands: seeded initial weights, not trained (the painted catalogs hold no
     labels), its normaliser fitted on the cloud-free scene. A fixed function of the scene: equal scenes must give
     equal maps, and the unmasked run shows that its map does react to clouds."""
-    from allspark.model import AllSpark, seed_everything
-    from allspark.region.inputs import Normalizer
-
-    folder = tmp_path_factory.mktemp("fixed-checkpoint")
-    config = quick_config(configs["planetary-computer"][1], folder / "outputs", bands=S2_BANDS, resolution=RESOLUTION)
-    scene, dn = open_scene(steps.ingest(config, quiet).store)
-    values = read_values(scene, dn, {"y": slice(None), "x": slice(None)})
-    seed_everything(0)
-    model = AllSpark(config.model.allspark_config(config.class_names, config.language))
-    normalizer = Normalizer.fit(S2_BANDS, values.reshape(len(S2_BANDS), -1))
-    return save_bundle(folder / "model", model, normalizer, config, contract=config.contract(scene.bands))
+    return untrained_checkpoint(configs["planetary-computer"][1], tmp_path_factory.mktemp("fixed-checkpoint"))
 
 
 @pytest.fixture(scope="module")

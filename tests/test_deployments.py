@@ -3,7 +3,8 @@ registration, a manual and a scheduled run, and the crashes a worker must surviv
 the middle of inference, a flow run killed while publishing).
 
 The test deployments map an AOI of the small real catalog (tests/regions.py) with the entry flow of
-the region deployments. Runs that should not crash use one Dask cluster of this process (the
+the region deployments; the manual run searches it through a real STAC API (stac-fastapi-pgstac,
+flows/stac_api.py). Runs that should not crash use one Dask cluster of this process (the
 deployments' ``dask_address``), whose worker keeps the model loaded from run to run; the run killed
 during inference starts its own cluster, as the deployments do by default, and dies with it.
 """
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -42,6 +44,7 @@ from flows.deployments import (
     register,
 )
 from flows.serve import WORK_POOL
+from flows.stac_api import local_stac_api
 from tests.conftest import shared_data
 from tests.regions import quick_config, small_catalog
 from tests.serving import (
@@ -97,8 +100,9 @@ def dask_address():
 
 def deploy(served: Served, catalog_dir: Path, outputs: Path, name: str, schedule=WEEKLY, paused=True,
            **changes) -> str:
-    """Register a region-aoi deployment of the small catalog mapping an AOI into ``outputs/name``."""
-    config = quick_config(catalog_dir / "catalog.yaml", outputs, chips=CHIPS, **changes)
+    """Register a region-aoi deployment of the small catalog (or ``catalog=`` another config of it) mapping an AOI
+    into ``outputs/name``."""
+    config = quick_config(changes.pop("catalog", catalog_dir / "catalog.yaml"), outputs, chips=CHIPS, **changes)
     aoi = aoi_file(catalog_dir, name, outputs / f"{name}.geojson")
     deployment = Deployment(REGION_ENTRYPOINT, name, schedule,
                             {"config": config.model_dump(mode="json"), "aoi": str(aoi), "name": name}, "test")
@@ -161,11 +165,24 @@ def test_serve_registers_the_deployments_and_starts_once(served):
     assert all(served.process(role).is_running() for role in running)
 
 
-def test_manual_run_of_a_region_deployment(served, catalog_dir, outputs, dask_address):
-    name = deploy(served, catalog_dir, outputs, "manual", dask_address=dask_address)
+@pytest.fixture(scope="module")
+def catalog_api(catalog_dir: Path, tmp_path_factory) -> Path:
+    """The small catalog (its image and label item) served by a real STAC API (flows/stac_api.py): the catalog
+    config of a deployment that searches it as users search Planetary Computer."""
+    static = yaml.safe_load((catalog_dir / "catalog.yaml").read_text())
+    with local_stac_api([Path(static["url_or_path"])]) as url:
+        path = tmp_path_factory.mktemp("api") / "catalog-api.yaml"
+        path.write_text(yaml.safe_dump({**static, "kind": "api", "url_or_path": url}))
+        yield path
+
+
+def test_manual_run_of_a_region_deployment_against_a_stac_api(served, catalog_dir, catalog_api, outputs,
+                                                              dask_address):
+    name = deploy(served, catalog_dir, outputs, "manual", dask_address=dask_address, catalog=str(catalog_api))
     flow_run = run(served, name)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{served.log()}"
     metrics = assert_published(outputs / "manual")
+    assert metrics["fine_tuning"]["label_item"] == "landsat96-labels"  # found through the API and its source link
     # The model was fine-tuned on the whole (cropped) catalog; the AOI's map is scored on the held-out
     # pixels inside the AOI only.
     assert 0 < metrics["map_holdout"]["n"] < metrics["fine_tuning"]["holdout"]["n"]

@@ -26,7 +26,7 @@ from allspark.raster.catalog import (
 )
 from allspark.raster.filters import SearchFilters
 from allspark.region.config import RegionConfig, load_region_config
-from allspark.region.steps import plan
+from allspark.region.read import plan
 from tests.conftest import shared_data
 from tests.regions import DATED_ITEMS, dated_catalog, quick_config, small_catalog
 

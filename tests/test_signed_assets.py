@@ -24,12 +24,11 @@ import pystac
 import pytest
 import yaml
 
-from allspark.core.bundle import save_bundle
 from allspark.core.steps import run_pipeline
 from allspark.errors import ConfigError
 from allspark.raster.catalog import load_catalog_config, resolve_bands, search_items
 from allspark.raster.load import CorruptAssetError, check_readable
-from allspark.raster.scene import open_scene, read_values
+from allspark.raster.scene import open_scene
 from allspark.raster.signing import signed, unsigned
 from allspark.region import steps
 from allspark.region.read import PLAN_FILE, RegionPlan, load_plan
@@ -37,17 +36,12 @@ from allspark.settings import work_root
 from flows.stac_api import StacContent, local_stac_api, read_sources
 from tests.blob_server import ACCOUNT, BLOB_ROOT, CONTAINER, HONOURED_S, BlobRequest, BlobServer
 from tests.conftest import shared_data
-from tests.painted_scenes import build_painted_scenes
+from tests.painted_scenes import RESOLUTION, S2_BANDS, build_painted_scenes, quiet, untrained_checkpoint
 from tests.regions import quick_config
 
-S2_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
-RESOLUTION = 30.0
 LAYOUT = "planetary-computer"
 READ = (200, 206)
 
-
-def quiet(_: str) -> None:
-    pass
 
 
 def listing(folder: Path) -> list[Path]:
@@ -102,18 +96,8 @@ def catalog_yaml(painted, server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(painted, tmp_path_factory):
     """A seeded, untrained bundle for the six bands, its normaliser fitted on the local cloud-free scene."""
-    from allspark.model import AllSpark, seed_everything
-    from allspark.region.inputs import Normalizer
-
     folder = tmp_path_factory.mktemp("checkpoint")
-    cloud_free = painted.catalog_config(LAYOUT, folder / "cloud-free.yaml", cloud_free=True)
-    config = quick_config(cloud_free, folder / "outputs", bands=S2_BANDS, resolution=RESOLUTION)
-    scene, dn = open_scene(steps.ingest(config, quiet).store)
-    values = read_values(scene, dn, {"y": slice(None), "x": slice(None)})
-    seed_everything(0)
-    model = AllSpark(config.model.allspark_config(config.class_names, config.language))
-    normalizer = Normalizer.fit(S2_BANDS, values.reshape(len(S2_BANDS), -1))
-    return save_bundle(folder / "model", model, normalizer, config, contract=config.contract(scene.bands))
+    return untrained_checkpoint(painted.catalog_config(LAYOUT, folder / "cloud-free.yaml", cloud_free=True), folder)
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,11 @@ from allspark.region import backfill, steps
 from allspark.region.config import LANDSAT7_NC_CLASSES
 from flows.stac_api import local_stac_api, read_sources
 from tests.conftest import shared_data
-from tests.painted_scenes import build_painted_scenes
+from tests.painted_scenes import RESOLUTION, S2_BANDS, build_painted_scenes, quiet
 from tests.regions import DATED_ITEMS, dated_catalog, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 IN_TIME_ORDER = list(DATED_ITEMS)
-S2_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +195,7 @@ def test_the_region_flow_against_the_api_with_a_cloud_filter_masks_and_polygons_
     api, cloud_free = painted_api
     polygons = tmp_path / "landcover.geojson"
     gpd.read_file(shared_data("landsat7_nc_labeled", "landsat96_polygons.shp")).to_file(polygons, driver="GeoJSON")
-    config = quick_config(api, tmp_path / "outputs", name="painted-s2", bands=S2_BANDS, resolution=30.0,
+    config = quick_config(api, tmp_path / "outputs", name="painted-s2", bands=S2_BANDS, resolution=RESOLUTION,
                           search={"filter": "eo:cloud_cover < 50"}, datetime=("2022-06-01", "2022-07-31"),
                           train={"epochs": 1, "batch_size": 32, "max_train_pixels": 96, "learning_rate": 3e-3,
                                  "labels": {"path": str(polygons), "class_column": "label"}})

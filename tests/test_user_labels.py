@@ -26,7 +26,7 @@ from allspark.errors import ConfigError, InputError
 from allspark.region import steps
 from allspark.region.config import LANDSAT7_NC_CLASSES, RegionConfig, load_region_config
 from allspark.region.labels import LabelsSettings, read_user_labels
-from allspark.region.read import plan_grid, read_labels, window_transform
+from allspark.region.read import plan, plan_grid, read_labels, window_transform
 from allspark.settings import work_root
 from tests.conftest import shared_data
 from tests.regions import quick_config, small_catalog
@@ -70,7 +70,7 @@ def files(data, polygons, tmp_path_factory) -> dict[str, Path]:
 def grid(catalog, tmp_path_factory):
     """The crop's grid, as ingest checks the labels against it before writing the scene."""
     config = quick_config(catalog, tmp_path_factory.mktemp("unused"))
-    return plan_grid(steps.plan(config), config.resolution)
+    return plan_grid(plan(config), config.resolution)
 
 
 def labels_config(catalog: Path, output_dir: Path, labels: dict | str, **changes) -> RegionConfig:

@@ -3,7 +3,8 @@
 Files and folders (checkpoints, Zarr stores) are written under a hidden temporary name beside
 their destination and moved into place with one ``os.replace``/rename, so a reader or a crash
 never sees a half-written output, and a rerun finds either the complete output or none.
-A run's published outputs are switched in as one set (:func:`switched_folder`).
+A run's published outputs are switched in as one set (:func:`published_set`): in a local folder
+by a symlink (:func:`switched_folder`), on object storage by its entry catalog (:func:`uploaded_set`).
 Hidden leftovers of a killed run are swept by :func:`remove_stale_temporaries`.
 """
 
@@ -17,13 +18,18 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from allspark.core.location import Location, is_remote, join, list_folder, put_text, read_text, remove, upload
 from allspark.errors import StorageError
+from allspark.settings import work_root
 
 RUNS = "runs"
 """The folder of each published set (``runs/<UTC time>``) inside an output folder."""
 CURRENT = "current"
 """The symlink to the published set that readers see."""
+CATALOG = "catalog.json"
+"""The STAC catalog of a published set; in an output folder on object storage, the entry point of the current set."""
 
 
 @contextlib.contextmanager
@@ -61,12 +67,16 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
 
 
-def write_text(text: str, path: Path) -> None:
+def write_text(text: str, path: Location) -> None:
+    """Write a local file through a temporary beside it, or an object in one request (atomic per object)."""
+    if is_remote(path):
+        put_text(text, path)
+        return
     with atomic_file(path) as tmp:
         tmp.write_text(text)
 
 
-def write_json(payload: object, path: Path) -> None:
+def write_json(payload: object, path: Location) -> None:
     write_text(json.dumps(payload, indent=2, default=str) + "\n", path)
 
 
@@ -99,7 +109,7 @@ def switched_folder(final: Path) -> Iterator[Path]:
     runs.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(runs)
     remove_stale_temporaries(final)
-    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    version = _new_version()
     previous = Path(os.readlink(final / CURRENT)).name if (final / CURRENT).is_symlink() else None
     with atomic_dir(runs / version) as staging:
         yield staging
@@ -127,3 +137,77 @@ def _replace_with_link(path: Path, target: str) -> None:
     temporary.unlink(missing_ok=True)
     os.symlink(target, temporary)
     os.replace(temporary, path)
+
+
+def _new_version() -> str:
+    """The name of a new published set: the UTC time to the microsecond, so later sets sort after earlier ones."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def published_set(location: Location) -> contextlib.AbstractContextManager[Path]:
+    """Yield an empty local folder for a complete set of outputs (with its STAC catalog, ``catalog.json``);
+    if the block succeeds, ``location`` shows that set.
+
+    A local folder is switched by :func:`switched_folder`, an object-storage URL by :func:`uploaded_set`.
+    """
+    return uploaded_set(location) if is_remote(location) else switched_folder(location)
+
+
+@contextlib.contextmanager
+def uploaded_set(url: str) -> Iterator[Path]:
+    """Yield an empty local folder for a complete set of outputs; if the block succeeds, ``url`` shows that set.
+
+    Object storage has no rename and no links, so the set is built in a temporary folder under
+    the work root, uploaded under ``url/runs/<time>/``, and then switched in by writing
+    ``url/catalog.json`` last, in one request: the set's STAC catalog with its links pointing into
+    ``runs/<time>/``. A reader who opens that entry catalog sees the previous complete set or the
+    new one, never a mix, and a run killed while uploading leaves the previous entry catalog and its
+    set in place. As :func:`switched_folder` does, the new set and the one it replaces are kept and
+    older ones (a killed run's partial upload among them) are deleted.
+    """
+    version = _new_version()
+    staging_root = work_root()
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=staging_root) as staging:
+        folder = Path(staging) / version
+        folder.mkdir()
+        yield folder
+        previous = _entry_version(url)
+        for file in sorted(path for path in folder.rglob("*") if path.is_file()):
+            upload(file, join(url, RUNS, version, file.relative_to(folder).as_posix()))
+        put_text(_entry_catalog(folder / CATALOG, version), join(url, CATALOG))
+    for old in list_folder(join(url, RUNS)):
+        if old not in (version, previous):
+            remove(join(url, RUNS, old))
+
+
+def current_set(location: Location) -> Location:
+    """Where the files of the set ``location`` shows are: the folder itself (its entries link to the
+    current set), or ``runs/<time>`` on object storage, as its entry catalog names it."""
+    if not is_remote(location):
+        return location
+    version = _entry_version(location)
+    if version is None:
+        raise StorageError(f"nothing is published at {location}: it has no {CATALOG}")
+    return join(location, RUNS, version)
+
+
+def _entry_catalog(catalog: Path, version: str) -> str:
+    """The set's STAC catalog as the entry point one level up: its relative links lead into ``runs/<version>/``."""
+    data = json.loads(catalog.read_text())
+    for link in data["links"]:
+        href = link["href"]
+        if link["rel"] not in ("root", "self") and not urlsplit(href).scheme and not href.startswith("/"):
+            link["href"] = f"./{RUNS}/{version}/{href.removeprefix('./')}"
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _entry_version(url: str) -> str | None:
+    """The set the entry catalog at ``url`` leads to, or None when there is none."""
+    try:
+        links = json.loads(read_text(join(url, CATALOG)))["links"]
+    except FileNotFoundError:
+        return None
+    prefix = f"./{RUNS}/"
+    return next((link["href"][len(prefix):].split("/")[0] for link in links if link["href"].startswith(prefix)),
+                None)

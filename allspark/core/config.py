@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
+from allspark.core.location import Location, OutputLocation, is_remote, join
 from allspark.core.storage import work_dir
 from allspark.errors import ConfigError
 from allspark.model.llm import SMOLLM2
@@ -93,7 +94,8 @@ class RunConfig(StrictModel):
     keys a config leaves out, whether it gives the block or not (an explicit ``null`` stays null), and are not
     counted as set by it (``model_fields_set``), so a checkpoint's settings may replace them."""
     name: str = Field(pattern=NAME_PATTERN, description="names the output folder and the work folder")
-    output_dir: Path = Field(Path("outputs"), description="published outputs go to output_dir/name")
+    output_dir: OutputLocation = Field(Path("outputs"), description="published outputs go to output_dir/name: a "
+                                       "folder, or an object-storage URL (s3://bucket/prefix, gs://, az://)")
     seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
 
     @model_validator(mode="wrap")
@@ -117,8 +119,15 @@ class RunConfig(StrictModel):
         return config
 
     @property
+    def publish_location(self) -> Location:
+        """Where this run's published outputs live: ``output_dir/name``, a local folder or a URL."""
+        return join(self.output_dir, self.name)
+
+    @property
     def publish_dir(self) -> Path:
-        """Where this run's published outputs live: ``output_dir/name``."""
+        """The local folder of this run's published outputs (see :attr:`publish_location` for any output)."""
+        if is_remote(self.output_dir):
+            raise ValueError(f"run {self.name!r} publishes to {self.publish_location}, not to a local folder")
         return self.output_dir / self.name
 
     def fingerprint(self) -> str:

@@ -1,9 +1,9 @@
 """Publishing shared by every kind of data: GeoParquet, the run's metadata and model, and the STAC catalog.
 
-A run's outputs are written into a new folder and switched in as one set
-(:func:`allspark.core.atomic.switched_folder`), so readers never see a mix of two runs; the STAC
-catalog inside links them by relative paths. Model metadata (STAC MLM fields) comes from the
-bundle's saved description, never from loading the language model.
+A run's outputs are written into a new folder and switched in as one set, in a local folder or
+on object storage (:func:`allspark.core.atomic.published_set`), so readers never see a mix of two
+runs; the STAC catalog inside links them by relative paths. Model metadata (STAC MLM fields)
+comes from the bundle's saved description, never from loading the language model.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import geopandas as gpd
 import pyproj
@@ -21,9 +22,10 @@ from pystac.extensions import mlm
 from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
-from allspark.core.atomic import atomic_file, switched_folder, write_json, write_text
+from allspark.core.atomic import atomic_file, current_set, published_set, write_json, write_text
 from allspark.core.bundle import bundle_info
 from allspark.core.config import RunConfig
+from allspark.core.location import Location, join
 from allspark.core.steps import Published
 
 
@@ -96,11 +98,19 @@ def utc_time(value: datetime) -> str:
 
 
 def item_sources(items: Sequence[pystac.Item]) -> tuple[tuple[datetime, datetime], list[tuple[str, str, str]]]:
-    """Time span and ``derived_from`` sources of STAC input items."""
+    """Time span and ``derived_from`` sources of STAC input items.
+
+    A local item is linked by its ``file://`` URI, as the file kinds link their inputs: a bare path
+    would be read as a path on the host of a catalog published to object storage.
+    """
     starts = [i.common_metadata.start_datetime or i.datetime for i in items]
     ends = [i.common_metadata.end_datetime or i.datetime for i in items]
-    links = [(i.get_self_href(), i.id, pystac.MediaType.JSON) for i in items if i.get_self_href()]
+    links = [(_uri(i.get_self_href()), i.id, pystac.MediaType.JSON) for i in items if i.get_self_href()]
     return (min(starts), max(ends)), links
+
+
+def _uri(href: str) -> str:
+    return href if urlsplit(href).scheme else Path(href).resolve().as_uri()
 
 
 def copy_bundle(checkpoint: Path, model_dir: Path) -> None:
@@ -159,12 +169,12 @@ def publish_table(
 ) -> Published:
     """Publish a table of predictions as GeoParquet with its metrics, config, model and STAC catalog.
 
-    The shared last step of the trajectory, sensor and traffic pipelines, into ``config.publish_dir``,
-    switched in as one set (:func:`~allspark.core.atomic.switched_folder`): readers see the previous
+    The shared last step of the trajectory, sensor and traffic pipelines, into ``config.publish_location``,
+    switched in as one set (:func:`~allspark.core.atomic.published_set`): readers see the previous
     complete set or this one.
     """
     files = {"predictions": "predictions.parquet", "metrics": "metrics.json", "config": "config.yaml", "model": "model"}
-    with switched_folder(config.publish_dir) as folder:
+    with published_set(config.publish_location) as folder:
         write_geoparquet(frame, folder / files["predictions"])
         write_json(metrics, folder / files["metrics"])
         write_text(config.to_yaml(), folder / files["config"])
@@ -189,13 +199,15 @@ def publish_table(
                         "allspark:inputs": [str(p) for p in input_files]},
             model_fields=model_fields,
         )
-    return published(config.publish_dir, files, metrics)
+    return published(config.publish_location, files, metrics)
 
 
-def published(output_dir: Path, files: dict[str, str], metrics: dict) -> Published:
-    """What a publish step returns: its ``files`` (name -> file in the set) at their stable paths in ``output_dir``."""
-    return Published(catalog=output_dir / "catalog.json",
-                     paths={name: output_dir / file for name, file in files.items()}, metrics=metrics)
+def published(location: Location, files: dict[str, str], metrics: dict) -> Published:
+    """What a publish step returns: the catalog ``location`` shows and its ``files`` (name -> file in the set)
+    where readers find them (:func:`~allspark.core.atomic.current_set`)."""
+    folder = current_set(location)
+    return Published(catalog=join(location, "catalog.json"),
+                     paths={name: join(folder, file) for name, file in files.items()}, metrics=metrics)
 
 
 def _media_type(path: Path) -> str:

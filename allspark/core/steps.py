@@ -49,10 +49,12 @@ class Predicted:
 
 @dataclass(frozen=True)
 class Published:
-    """The published files by name, the STAC catalog that links them, and the run's metrics."""
+    """The published files by name, the STAC catalog that links them, and the run's metrics.
 
-    catalog: Path
-    paths: Mapping[str, Path]
+    Paths in a local output folder, URLs (strings) on object storage."""
+
+    catalog: Path | str
+    paths: Mapping[str, Path | str]
     metrics: Mapping[str, Any]
 
 

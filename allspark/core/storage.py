@@ -19,6 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from allspark.core.location import Location, basename, check_storage, is_remote
 from allspark.errors import StorageError
 from allspark.settings import cache_dir, work_root
 
@@ -61,17 +62,21 @@ def total_size(paths: Iterable[Path]) -> int:
     return sum(path.stat().st_size for path in paths)
 
 
-def check_writable(*directories: Path, min_free_bytes: int = 0) -> None:
+def check_writable(*directories: Location, min_free_bytes: int = 0) -> None:
     """Before a run: each directory can be written, and its file system has room for the run.
 
     A directory that does not exist yet is probed through its nearest existing parent, and nothing
     is created: a probe file is written there and removed, which catches a read-only file system
     (EROFS), missing permission (EACCES) and a full disk (ENOSPC). Then the free space must hold
-    ``min_free_bytes`` (the run's estimate) plus :data:`RESERVE_BYTES`. Raises
-    :class:`StorageError` naming the directory.
+    ``min_free_bytes`` (the run's estimate) plus :data:`RESERVE_BYTES`. An object-storage URL is
+    checked by :func:`~allspark.core.location.check_storage` instead (a bucket has no free space to
+    check). Raises :class:`StorageError` naming the directory or URL.
     """
     needed = min_free_bytes + RESERVE_BYTES
     for directory in directories:
+        if is_remote(directory):
+            check_storage(directory)
+            continue
         directory = Path(directory).absolute()
         existing = next(p for p in (directory, *directory.parents) if p.exists())
         if not existing.is_dir():
@@ -108,16 +113,18 @@ def _size(n: float) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def folder_lock(folder: Location, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an inter-process (and inter-thread) lock on writing ``folder`` for the duration of the block.
 
-    The lock file lives in ``<cache>/locks``, named after the folder's absolute path: outside the
-    folder, so that sweeping the folder of temporaries cannot remove it and a run that fails
+    The lock file lives in ``<cache>/locks``, named after the folder's absolute path or URL: outside
+    the folder, so that sweeping the folder of temporaries cannot remove it and a run that fails
     early leaves nothing in it. ``on_wait`` is told once when another run holds the lock and this
     one waits for it. A lock file is never deleted (that would let two runs hold "the" lock).
     """
-    folder = Path(folder).absolute()
-    path = cache_dir() / "locks" / f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.lock"
+    # A URL is locked on this machine only: runs on other machines writing the same bucket
+    # folder are not held back (locking across machines is the next step).
+    folder = folder if is_remote(folder) else Path(folder).absolute()
+    path = cache_dir() / "locks" / f"{basename(folder)}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.lock"
     lock = FileLock(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

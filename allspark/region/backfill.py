@@ -20,6 +20,7 @@ import pystac
 from pydantic import BaseModel, ConfigDict
 
 from allspark.core.atomic import write_json, write_text
+from allspark.core.location import Location, basename, glob, join
 from allspark.core.storage import folder_lock
 from allspark.errors import ConfigError
 from allspark.raster.catalog import AOIError, NoItemsFound, load_aoi
@@ -160,11 +161,11 @@ class WindowJob(BaseModel):
                             status=status, detail=detail, started=started, finished=finished)
 
 
-def backfill_root(base: RegionConfig, name: str) -> Path:
-    """Where a backfill's windows, root catalog and report go: ``base.output_dir / name``."""
+def backfill_root(base: RegionConfig, name: str) -> Location:
+    """Where a backfill's windows, root catalog and report go: ``base.output_dir / name`` (a folder or a URL)."""
     if not _SAFE_NAME.fullmatch(name):
         raise ConfigError(f"backfill name {name!r} must be letters, digits and _.- only (it names a folder)")
-    return base.output_dir / name
+    return join(base.output_dir, name)
 
 
 def plan_backfill(base: RegionConfig, aois: Sequence[str | Path], start: dt.date, end: dt.date, step: str,
@@ -215,34 +216,34 @@ def count_statuses(results: Sequence[WindowResult]) -> dict[str, int]:
     return {status: sum(r.status == status for r in results) for status in STATUSES}
 
 
-def write_report(root: Path, results: Sequence[WindowResult], settings: dict) -> dict[str, str]:
+def write_report(root: Location, results: Sequence[WindowResult], settings: dict) -> dict[str, str]:
     """``backfill-report.json`` (settings, counts, every window) and ``.md`` (the table) in ``root``, atomically."""
-    paths = {"json": root / f"{REPORT_NAME}.json", "markdown": root / f"{REPORT_NAME}.md"}
+    paths = {"json": join(root, f"{REPORT_NAME}.json"), "markdown": join(root, f"{REPORT_NAME}.md")}
     with folder_lock(root):
         write_json({
             "settings": settings,
             "counts": count_statuses(results),
             "windows": [r.model_dump(mode="json") | {"seconds": r.seconds} for r in results],
         }, paths["json"])
-        write_text(f"# Backfill {root.name}\n\n{summary_table(results)}\n", paths["markdown"])
+        write_text(f"# Backfill {basename(root)}\n\n{summary_table(results)}\n", paths["markdown"])
     return {key: str(path) for key, path in paths.items()}
 
 
-def write_root_catalog(root: Path) -> Path:
+def write_root_catalog(root: Location) -> Location:
     """``root/catalog.json``: one STAC catalog with every published window's catalog under ``root`` as a child.
 
-    Rebuilt from the folder each time (a rerun or another backfill into the same root adds its
-    windows), under the root's lock, and written atomically.
+    Rebuilt from the folder (or bucket prefix) each time (a rerun or another backfill into the same
+    root adds its windows), under the root's lock, and written atomically.
     """
-    path = root / "catalog.json"
+    path = join(root, "catalog.json")
     with folder_lock(root):
         catalog = pystac.Catalog(
-            id=f"allspark-backfill-{root.name}",
-            description=f"AllSpark backfill {root.name}: one child catalog per published AOI and window",
+            id=f"allspark-backfill-{basename(root)}",
+            description=f"AllSpark backfill {basename(root)}: one child catalog per published AOI and window",
         )
-        for child in sorted(p.parent for p in root.glob("*/catalog.json")):
-            catalog.add_link(pystac.Link(pystac.RelType.CHILD, f"./{child.name}/catalog.json",
-                                         media_type=pystac.MediaType.JSON, title=child.name))
+        for child in sorted(basename(str(p).removesuffix("/catalog.json")) for p in glob(root, "*/catalog.json")):
+            catalog.add_link(pystac.Link(pystac.RelType.CHILD, f"./{child}/catalog.json",
+                                         media_type=pystac.MediaType.JSON, title=child))
         catalog.set_self_href(str(path))
         catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED
         write_json(catalog.to_dict(include_self_link=False, transform_hrefs=True), path)

@@ -29,7 +29,9 @@ from allspark.raster.load import (CorruptAssetError, Encoding, check_readable, g
                                   output_grid, storage_encoding)
 from allspark.raster.signing import signed, unsigned
 from allspark.raster.windows import Window
-from allspark.region.config import MAX_MASKED_FRACTION
+from allspark.core.bundle import check_checkpoint
+from allspark.region.config import MAX_MASKED_FRACTION, RegionConfig
+from allspark.region.labels import check_labels
 
 if TYPE_CHECKING:  # the scene store's module loads dask, xarray and zarr: not needed for the early checks
     from allspark.raster.scene import Scene
@@ -126,6 +128,23 @@ def plan_region(catalog: str, aoi: str | None, datetime: tuple[str, str] | None,
         masked_fraction=fractions,
         items_skipped_masked=skipped,
     )
+
+
+def plan(config: RegionConfig) -> RegionPlan:
+    """The run's plan (search and input checks) from its config: about a second, nothing written."""
+    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search,
+                       cloud_mask=config.cloud_mask, max_masked_fraction=config.max_masked_fraction)
+
+
+def checked_plan(config: RegionConfig) -> RegionPlan:
+    """The plan, with what it lets us check before any work: a checkpoint against the catalog's bands and
+    wavelengths, or the user's labels against the grid the scene will be written on."""
+    region_plan = plan(config)
+    if config.checkpoint is not None:
+        check_checkpoint(config, config.contract(region_plan.bands))
+    elif config.train is not None and config.train.labels is not None:
+        check_labels(config.train.labels, config.class_names, plan_grid(region_plan, config.resolution))
+    return region_plan
 
 
 def save_plan(plan: RegionPlan, work_dir: Path) -> None:

@@ -37,8 +37,9 @@ from shapely import box
 
 from allspark.core.publish import (copy_bundle, item_sources, mlm_fields, published, run_assets, write_geoparquet,
                                    write_stac_catalog)
-from allspark.core.atomic import switched_folder, write_json, write_text
+from allspark.core.atomic import published_set, write_json, write_text
 from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle
+from allspark.core.location import Location, exists, join, parse_location, read_catalog
 from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
 from allspark.core.storage import check_writable, content_digest, folder_lock, work_dir
 from allspark.errors import ConfigError
@@ -63,15 +64,14 @@ from allspark.raster.scene import (
 from allspark.raster.windows import Window
 from allspark.region.config import RegionConfig
 from allspark.region.inputs import Normalizer, classification_metrics, fine_tune, predict_chips
-from allspark.region.labels import check_labels, read_user_labels
+from allspark.region.labels import read_user_labels
 from allspark.region.read import (
     RegionPlan,
+    checked_plan,
     find_label_item,
     holdout_record,
     label_href,
     load_plan,
-    plan_grid,
-    plan_region,
     read_labels,
     save_plan,
 )
@@ -83,12 +83,6 @@ HOLDOUT_FILE = "holdout_pixels.json"
 
 
 # -- ingest ---------------------------------------------------------------------------------------
-
-
-def plan(config: RegionConfig) -> RegionPlan:
-    """The run's plan (search and input checks) from its config: about a second, nothing written."""
-    return plan_region(config.catalog, config.aoi, config.datetime, config.bands, config.resolution, config.search,
-                       cloud_mask=config.cloud_mask, max_masked_fraction=config.max_masked_fraction)
 
 
 def scene_loader_chunk(config: RegionConfig, plan: RegionPlan) -> int:
@@ -104,22 +98,11 @@ def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
     return int(pixels * (len(plan.bands) * np.dtype(plan.dtype).itemsize + 4 * classes + 1 + 4 * classes))
 
 
-def checked_plan(config: RegionConfig) -> RegionPlan:
-    """The plan, with what it lets us check before any work: a checkpoint against the catalog's bands and
-    wavelengths, or the user's labels against the grid the scene will be written on."""
-    region_plan = plan(config)
-    if config.checkpoint is not None:
-        check_checkpoint(config, config.contract(region_plan.bands))
-    elif config.train is not None and config.train.labels is not None:
-        check_labels(config.train.labels, config.class_names, plan_grid(region_plan, config.resolution))
-    return region_plan
-
-
 def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     """Search, check, and write the scene once to ``<work>/scene.zarr`` (kept when already complete)."""
     region_plan = checked_plan(config)
     work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
-    check_writable(config.publish_dir, work, min_free_bytes=storage_estimate(config, region_plan))
+    check_writable(config.publish_location, work, min_free_bytes=storage_estimate(config, region_plan))
     save_plan(region_plan, work)
     store = work / SCENE_STORE
     if store.exists():
@@ -285,7 +268,7 @@ def publish(config: RegionConfig, ingested: Ingested, trained: Trained, predicte
     scene, dn = open_scene(ingested.store)
     files = {"classmap": "classmap.tif", "probabilities": "probabilities.tif", "chips": "chips.parquet",
              "quicklook": "quicklook.png", "metrics": "metrics.json", "config": "config.yaml", "model": "model"}
-    with switched_folder(config.publish_dir) as folder:
+    with published_set(config.publish_location) as folder:
         paths = {name: folder / file for name, file in files.items()}
         class_pixels = outputs.write_prediction_rasters(predicted.store, scene, config.class_names,
                                                         paths["classmap"], paths["probabilities"])
@@ -322,7 +305,7 @@ def publish(config: RegionConfig, ingested: Ingested, trained: Trained, predicte
             model_fields=_model_fields(config, trained.checkpoint),
             extensions=[eo.SCHEMA_URI],
         )
-    return published(config.publish_dir, files, metrics)
+    return published(config.publish_location, files, metrics)
 
 
 def chip_frame(chips: pd.DataFrame, scene: Scene, config: RegionConfig, item_ids: list[str]) -> gpd.GeoDataFrame:
@@ -443,34 +426,34 @@ def run_lock(config: RegionConfig, on_wait: Callable[[str], None] | None = None)
 
     Two runs with the same config share the work folder and two runs of one name publish to the
     same files: the second waits for the first, then finds its work done. The locks are always
-    taken in this order, so runs cannot deadlock.
+    taken in this order, so runs cannot deadlock. Both are locks on this machine, also for outputs
+    on object storage (see :func:`~allspark.core.storage.folder_lock`).
     """
     with (folder_lock(work_root() / f"{config.name}-{config.fingerprint()}", on_wait),
-          folder_lock(config.publish_dir, on_wait)):
+          folder_lock(config.publish_location, on_wait)):
         yield
 
 
-def published_catalog(config: RegionConfig) -> Path | None:
+def published_catalog(config: RegionConfig) -> Location | None:
     """The STAC catalog of this config's published outputs, or None if they are not (all) there.
 
-    Read from the output catalog itself: its item must carry a run config with the same
-    fingerprint (``allspark:config``) and every asset it links must exist. The catalog is written
-    last, so a run that stopped while publishing has none, or one of an earlier config.
+    Read from the output catalog itself, in a local folder or on object storage: its item must
+    carry a run config with the same fingerprint (``allspark:config``) and every asset it links
+    must exist. The catalog is written last, so a run that stopped while publishing has none, or
+    one of an earlier config.
     """
-    path = config.publish_dir / "catalog.json"
-    if not path.is_file():
-        return None
+    path = join(config.publish_location, "catalog.json")
     try:
-        items = list(pystac.Catalog.from_file(str(path)).get_items())
+        items = list(read_catalog(path).get_items())
     except (pystac.STACError, OSError, ValueError, KeyError):
-        return None  # unreadable: not published
+        return None  # absent or unreadable: not published
     for item in items:
         try:
             stored = RegionConfig.model_validate(item.properties.get("allspark:config"))
         except ValidationError:
             continue
         if stored.fingerprint() == config.fingerprint() and all(
-            Path(asset.get_absolute_href()).exists() for asset in item.assets.values()
+            exists(parse_location(asset.get_absolute_href())) for asset in item.assets.values()
         ):
             return path
     return None

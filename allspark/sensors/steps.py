@@ -69,7 +69,7 @@ def ingest(config: SensorsConfig, log: Log = print) -> Ingested:
     """
     files = config.station_files()
     work_dir = config.work_dir()
-    check_writable(config.publish_dir, work_dir, min_free_bytes=total_size(files))
+    check_writable(config.publish_location, work_dir, min_free_bytes=total_size(files))
     store = work_dir / "observations"
     if store.is_dir():
         log(f"reusing the ingested rows in {store}")

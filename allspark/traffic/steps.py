@@ -54,7 +54,7 @@ def ingest(config: TrafficConfig, log: Log = print) -> Ingested:
         if not path.is_file():
             raise InputError(f"traffic input {path} does not exist or is not a file")
     work_dir = config.work_dir()
-    check_writable(config.publish_dir, work_dir, min_free_bytes=total_size(config.input_files()))
+    check_writable(config.publish_location, work_dir, min_free_bytes=total_size(config.input_files()))
     store = work_dir / GRAPH_STORE
     if not store.is_dir():
         write_zarr(graph_dataset(config), store)

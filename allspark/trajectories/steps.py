@@ -62,7 +62,7 @@ def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
     work_dir = config.work_dir()
     splits = config.split_files()
     # checked on every run: the output folder may have become unwritable since the store was made
-    check_writable(config.publish_dir, work_dir,
+    check_writable(config.publish_location, work_dir,
                    min_free_bytes=total_size(f for files in splits.values() for f in files))
     store = work_dir / WINDOWS_STORE
     if not store.is_dir():
