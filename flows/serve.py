@@ -212,6 +212,16 @@ def dies_with_this_process() -> Callable[[], None]:
     return functools.partial(_die_with_parent, prctl, os.getpid())
 
 
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Send ``sig`` to a child and wait for it; SIGKILL it if it is still there after ``timeout`` seconds."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
@@ -259,12 +269,7 @@ def run_server() -> Iterator[None]:
     finally:
         APILogWorker.drain_all()  # the run's last logs and events go out before the server stops
         EventsWorker.drain_all()
-        server.terminate()
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=5)
 
 
 def ensure_work_pool(name: str) -> None:

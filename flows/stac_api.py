@@ -43,7 +43,7 @@ from typing import Any
 import pystac
 
 from allspark.errors import AllSparkError, InputError
-from flows.serve import HOST, dies_with_this_process, free_port
+from flows.serve import HOST, dies_with_this_process, free_port, stop_process
 
 DEFAULT_PORT = 8082
 API_SETTINGS = {"STAC_FASTAPI_TITLE": "AllSpark local STAC API", "STAC_FASTAPI_LANDING_ID": "allspark-local",
@@ -107,12 +107,17 @@ def _item_dict(item: pystac.Item, source: Path) -> dict[str, Any]:
         if href is None:
             raise InputError(f"asset href {asset.href!r} of item {item.id!r} in {source} is relative and the item has "
                              f"no location to resolve it against")
-        asset.href = href if "://" in href else Path(href).as_uri()  # a bare path would resolve against the API's URL
+        asset.href = _as_url(href)
     data = item.to_dict(transform_hrefs=False)
     data["collection"] = item.collection_id
-    data["links"] = [{**link.to_dict(), "href": link.get_absolute_href()} for link in item.links
+    data["links"] = [{**link.to_dict(), "href": _as_url(link.get_absolute_href())} for link in item.links
                      if link.rel not in STRUCTURAL_LINKS]  # e.g. a label item's source links
     return data
+
+
+def _as_url(href: str) -> str:
+    """A local file's absolute path as a ``file://`` URL: a bare path would resolve against the API's own URL."""
+    return href if "://" in href else Path(href).as_uri()
 
 
 STRUCTURAL_LINKS = {"self", "root", "parent", "child", "item", "collection"}
@@ -203,18 +208,9 @@ def postgres_cluster() -> Iterator[Database]:
                 _wait(lambda: _create_database(database), "PostgreSQL", server, log_path)
                 yield database
             finally:
-                _stop(server, signal.SIGINT)  # PostgreSQL's "fast" shutdown
+                stop_process(server, signal.SIGINT)  # PostgreSQL's "fast" shutdown
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    process.send_signal(sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _create_database(database: Database) -> bool:
@@ -303,7 +299,7 @@ def local_stac_api(sources: Sequence[Path] | StacContent, port: int | None = Non
             _wait(lambda: api_ready(url), "the STAC API (stac-fastapi-pgstac)", api, log_file)
             yield url
         finally:
-            _stop(api, timeout=10)
+            stop_process(api, timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

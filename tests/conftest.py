@@ -71,3 +71,13 @@ def task_states(flow_state) -> dict[str, list[str]]:
     for run in runs:
         states.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)
     return states
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    """An in-process Dask cluster (two single-thread workers) for region flows that do not exercise a cluster of their
+    own; yields its scheduler address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address

@@ -23,7 +23,7 @@ import boto3
 import pytest
 import s3fs
 
-from flows.serve import HOST, dies_with_this_process, free_port
+from flows.serve import HOST, dies_with_this_process, free_port, stop_process
 
 START_TIMEOUT = 60  # seconds; moto imports every AWS service's backend on 2 shared cores
 KEY, SECRET, REGION = "test", "test", "us-east-1"
@@ -93,12 +93,7 @@ def s3_server(log: Path) -> Iterator[S3Server]:
                 patch.delenv(key, raising=False)
             yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 def _wait_until_it_answers(endpoint: str, process: subprocess.Popen, log: Path) -> None:

@@ -76,6 +76,14 @@ def quick_config(catalog: Path, output_dir: Path, **changes) -> RegionConfig:
     return RegionConfig.model_validate(base)
 
 
+def quick_checkpoint(catalog: Path, folder: Path, name: str) -> Path:
+    """A model bundle quickly fine-tuned on ``catalog`` (:func:`quick_config`), for tests that apply one model."""
+    from allspark.region import steps
+
+    config = quick_config(catalog, folder, name=name)
+    return steps.train(config, steps.ingest(config)).checkpoint
+
+
 # A uint16 copy of the demo bands: DN = value * 10 + 5 (0 = nodata), read back as DN * 0.1 - 0.5.
 UINT16_SCALE, UINT16_OFFSET = 0.1, -0.5
 

@@ -27,7 +27,7 @@ from allspark.region import backfill, steps
 from allspark.region.config import RegionConfig
 from allspark.settings import aois_dir
 from tests.conftest import shared_data
-from tests.regions import quick_config, small_catalog
+from tests.regions import quick_checkpoint, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 D = dt.date
@@ -96,17 +96,7 @@ def aoi(catalog, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(catalog, tmp_path_factory) -> str:
-    config = quick_config(catalog, tmp_path_factory.mktemp("unused"), name="backfill-train")
-    return str(steps.train(config, steps.ingest(config)).checkpoint)
-
-
-@pytest.fixture(scope="module")
-def threads_cluster():
-    """An in-process Dask cluster shared by the tests that do not exercise the backfill's own cluster."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+    return str(quick_checkpoint(catalog, tmp_path_factory.mktemp("unused"), "backfill-train"))
 
 
 def base_config(catalog, checkpoint, output_dir: Path, **changes) -> RegionConfig:

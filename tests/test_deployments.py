@@ -43,7 +43,7 @@ from flows.deployments import (
     aoi_name,
     register,
 )
-from flows.serve import WORK_POOL
+from flows.serve import WORK_POOL, free_port
 from flows.stac_api import local_stac_api
 from tests.conftest import shared_data
 from tests.regions import quick_config, small_catalog
@@ -52,7 +52,6 @@ from tests.serving import (
     aoi_file,
     assert_complete_if_visible,
     assert_published,
-    free_port,
     kill_tree,
     wait_until,
 )

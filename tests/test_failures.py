@@ -28,7 +28,7 @@ from allspark.region import steps
 from allspark.settings import work_root
 from tests import file_flows
 from tests.conftest import shared_data, task_states
-from tests.regions import quick_config, small_catalog
+from tests.regions import quick_checkpoint, quick_config, small_catalog
 
 
 def _mount_tmpfs(folder: Path, options: str) -> str | None:
@@ -72,15 +72,6 @@ def full_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
     return small_catalog(shared_data("landsat7_nc_labeled"), tmp_path_factory.mktemp("failures-catalog"))
-
-
-@pytest.fixture(scope="module")
-def threads_cluster():
-    """An in-process Dask cluster: the region flow's storage errors come before any inference."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
 
 
 # -- storage checks, the library ---------------------------------------------------------------------
@@ -184,8 +175,7 @@ def test_region_flow_checks_its_size_estimate_and_its_work_folder(catalog, threa
 @pytest.fixture(scope="module")
 def checkpoint(catalog, tmp_path_factory):
     """A quickly fine-tuned model bundle, so both runs apply the same model."""
-    config = quick_config(catalog, tmp_path_factory.mktemp("unused"), name="failures-train")
-    return steps.train(config, steps.ingest(config)).checkpoint
+    return quick_checkpoint(catalog, tmp_path_factory.mktemp("unused"), "failures-train")
 
 
 def _is_predict(key) -> bool:

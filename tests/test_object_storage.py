@@ -32,7 +32,7 @@ from allspark.settings import work_root
 from tests import object_store
 from tests.conftest import shared_data
 from tests.file_flows import sensors_config
-from tests.regions import quick_config, small_catalog
+from tests.regions import quick_checkpoint, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 BUCKET = "allspark-maps"
@@ -53,16 +53,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def checkpoint(catalog, tmp_path_factory) -> str:
-    config = quick_config(catalog, tmp_path_factory.mktemp("unused"), name="s3-train")
-    return str(steps.train(config, steps.ingest(config)).checkpoint)
-
-
-@pytest.fixture(scope="module")
-def threads_cluster():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        yield cluster.scheduler_address
+    return str(quick_checkpoint(catalog, tmp_path_factory.mktemp("unused"), "s3-train"))
 
 
 def region_config(catalog, checkpoint, output_dir, **changes):

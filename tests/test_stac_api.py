@@ -25,7 +25,7 @@ from allspark.region.config import LANDSAT7_NC_CLASSES
 from flows.stac_api import local_stac_api, read_sources
 from tests.conftest import shared_data
 from tests.painted_scenes import RESOLUTION, S2_BANDS, build_painted_scenes, quiet
-from tests.regions import DATED_ITEMS, dated_catalog, quick_config, small_catalog
+from tests.regions import DATED_ITEMS, dated_catalog, quick_checkpoint, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 IN_TIME_ORDER = list(DATED_ITEMS)
@@ -123,8 +123,7 @@ def test_sources_must_name_their_collection(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    config = quick_config(small, tmp_path_factory.mktemp("unused"), name="api-train")
-    return str(steps.train(config, steps.ingest(config)).checkpoint)
+    return str(quick_checkpoint(small, tmp_path_factory.mktemp("unused"), "api-train"))
 
 
 @pytest.mark.usefixtures("prefect_server")

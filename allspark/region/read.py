@@ -22,8 +22,8 @@ from rasterio.warp import reproject, transform_bounds
 
 from allspark.core.atomic import write_text
 from allspark.errors import InputError, NoDataError
-from allspark.raster.catalog import (BandSpec, CatalogConfig, MaskSpec, NoItemsFound, load_aoi, load_catalog_config,
-                                     resolve_bands, search_items)
+from allspark.raster.catalog import (BandSpec, CatalogConfig, CheckedStacIO, MaskSpec, NoItemsFound, load_aoi,
+                                     load_catalog_config, resolve_bands, search_items)
 from allspark.raster.filters import SearchFilters
 from allspark.raster.load import (CorruptAssetError, Encoding, check_readable, gdal_reason, masked_fraction,
                                   output_grid, storage_encoding)
@@ -198,7 +198,10 @@ def find_label_item(catalog: CatalogConfig, image_items: list[pystac.Item], labe
     except NoItemsFound as err:  # a training problem, not an area without imagery
         raise InputError(f"{err}: fine-tuning needs a STAC label item (or give a checkpoint)") from None
     for item in label_items:
-        sources = {link.resolve_stac_object().target.id for link in item.get_links("source")}
+        # read with pystac's own reader: a label item from a STAC API links its sources by file:// or http URLs,
+        # which pystac-client's reader (the item's own) cannot open
+        sources = {pystac.read_file(link.get_absolute_href(), stac_io=CheckedStacIO()).id
+                   for link in item.get_links("source")}
         if (label_id is not None and item.id == label_id) or (label_id is None and sources & image_ids):
             return item
     wanted = f"label item {label_id!r}" if label_id else f"a label item whose source is one of {sorted(image_ids)}"
