@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +123,17 @@ def aoi_file(catalog_dir: Path, name: str, dest: Path) -> Path:
     return dest
 
 
+def _resolves(href: str) -> bool:
+    """Whether a local file or an http(s) URL (a STAC API's item) is there."""
+    if not href.startswith(("http://", "https://")):
+        return Path(href.removeprefix("file://")).exists()
+    try:
+        with urllib.request.urlopen(href, timeout=10) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def assert_published(region_dir: Path) -> dict:
     """The outputs are complete and valid: STAC links resolve, the COGs validate, one GeoParquet row per
     chip with data (the chips of the scene's layout over a pixel the class map has), no temporary left.
@@ -129,9 +142,8 @@ def assert_published(region_dir: Path) -> dict:
     (item,) = catalog.get_items(recursive=True)
     for key, asset in item.assets.items():
         assert Path(asset.get_absolute_href()).exists(), f"asset {key} ({asset.href}) does not resolve"
-    for link in item.get_links("derived_from"):
-        assert Path(link.get_absolute_href().removeprefix("file://")).exists(), \
-            f"derived_from link {link.href} does not resolve"
+    for link in item.get_links("derived_from"):  # a local item's file, or a STAC API's item URL
+        assert _resolves(link.get_absolute_href()), f"derived_from link {link.href} does not resolve"
     for key in ("classmap", "probabilities"):
         valid, errors, _ = cog_validate(item.assets[key].get_absolute_href(), quiet=True)
         assert valid, f"{key} is not a valid COG: {errors}"
