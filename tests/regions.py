@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pystac
 import rasterio
 import yaml
 from rasterio.windows import Window
+from shapely.geometry import box, mapping
 
 from allspark.demo_data import build_demo_catalog
 from allspark.raster.catalog import load_catalog_config, search_items
@@ -74,6 +76,15 @@ def quick_config(catalog: Path, output_dir: Path, **changes) -> RegionConfig:
     }
     base.update(changes)
     return RegionConfig.model_validate(base)
+
+
+def crop_aoi(catalog: Path, dest: Path) -> Path:
+    """The footprint of a small catalog's image item (its config YAML ``catalog``) as a GeoJSON AOI at ``dest``;
+    named 'crop' after the file."""
+    catalog_json = yaml.safe_load(catalog.read_text())["url_or_path"]
+    image = next(i for i in pystac.Catalog.from_file(catalog_json).get_items(recursive=True) if i.id == "LE07_NC_2000")
+    dest.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(box(*image.bbox))}))
+    return dest
 
 
 def quick_checkpoint(catalog: Path, folder: Path, name: str) -> Path:

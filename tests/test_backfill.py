@@ -17,9 +17,7 @@ from pathlib import Path
 import geopandas as gpd
 import pystac
 import pytest
-import yaml
 from rio_cogeo.cogeo import cog_validate
-from shapely.geometry import box, mapping
 
 from allspark.errors import ConfigError
 from allspark.raster.catalog import AOIError
@@ -27,7 +25,7 @@ from allspark.region import backfill, steps
 from allspark.region.config import RegionConfig
 from allspark.settings import aois_dir
 from tests.conftest import shared_data
-from tests.regions import quick_checkpoint, quick_config, small_catalog
+from tests.regions import crop_aoi, quick_checkpoint, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 D = dt.date
@@ -86,12 +84,7 @@ def catalog(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def aoi(catalog, tmp_path_factory) -> Path:
-    """The crop's footprint as a GeoJSON AOI named 'crop'."""
-    catalog_json = yaml.safe_load(catalog.read_text())["url_or_path"]
-    image = next(i for i in pystac.Catalog.from_file(catalog_json).get_items(recursive=True) if i.id == "LE07_NC_2000")
-    path = tmp_path_factory.mktemp("aoi") / "crop.geojson"
-    path.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(box(*image.bbox))}))
-    return path
+    return crop_aoi(catalog, tmp_path_factory.mktemp("aoi") / "crop.geojson")
 
 
 @pytest.fixture(scope="module")

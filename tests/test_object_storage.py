@@ -21,7 +21,6 @@ import pytest
 import rasterio
 import yaml
 from rio_cogeo.cogeo import cog_validate
-from shapely.geometry import box, mapping
 
 from allspark.core import atomic
 from allspark.core.location import check_storage, exists, parse_location, read_catalog
@@ -32,7 +31,7 @@ from allspark.settings import work_root
 from tests import object_store
 from tests.conftest import shared_data
 from tests.file_flows import sensors_config
-from tests.regions import quick_checkpoint, quick_config, small_catalog
+from tests.regions import crop_aoi, quick_checkpoint, quick_config, small_catalog
 from tests.stac_schemas import validate_catalog
 
 BUCKET = "allspark-maps"
@@ -200,12 +199,7 @@ def test_sensors_flow_publishes_to_the_bucket(s3, prefect_server):
 
 @pytest.fixture(scope="module")
 def aoi(catalog, tmp_path_factory) -> Path:
-    """The crop's footprint as a GeoJSON AOI named 'crop'."""
-    catalog_json = yaml.safe_load(catalog.read_text())["url_or_path"]
-    image = next(i for i in pystac.Catalog.from_file(catalog_json).get_items(recursive=True) if i.id == "LE07_NC_2000")
-    path = tmp_path_factory.mktemp("aoi") / "crop.geojson"
-    path.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(box(*image.bbox))}))
-    return path
+    return crop_aoi(catalog, tmp_path_factory.mktemp("aoi") / "crop.geojson")
 
 
 def test_a_backfill_rerun_skips_the_windows_already_on_the_bucket(s3, catalog, checkpoint, aoi, threads_cluster,
