@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 export ALLSPARK_CACHE ?= $(CURDIR)/.cache/allspark
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup assets demo test bench bench-quick serve serve-stop stac-api postgis clean
+.PHONY: setup assets demo test bench bench-quick serve serve-stop stac-api s3 postgis clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ endif
 STAC ?= $(ALLSPARK_CACHE)/catalogs/landsat7-nc/catalog.json
 stac-api: assets postgis
 	$(PY) -m flows.stac_api $(STAC)
+
+# An S3-compatible server on 127.0.0.1:9000 (moto, objects in memory) with the bucket `allspark`, to try
+# a run whose work and outputs are on a bucket; it prints the variables to export. Ctrl-C stops it.
+s3: setup
+	$(PY) -m flows.s3_server --bucket allspark
 
 # Benchmarks report, they never fail the build: JSON in bench/results/, one table in bench/RESULTS.md.
 bench: assets

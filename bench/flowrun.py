@@ -32,8 +32,8 @@ from pathlib import Path
 
 import psutil
 
+from allspark.core.location import Location, basename, exists, filesystem, glob, is_remote, remove
 from allspark.region.config import RegionConfig
-from allspark.settings import work_root
 from bench.mosaic import CONFIG, window_aoi, year_range
 from flows.serve import HOST, PREFECT, START_TIMEOUT, api_url, server_healthy
 
@@ -85,9 +85,17 @@ def mosaic_config(size: float, ckpt: Path, output_dir: Path, **changes) -> Regio
     return RegionConfig(**(settings | changes))
 
 
-def work_folders(config: RegionConfig) -> list[Path]:
+def work_folders(config: RegionConfig) -> list[Location]:
     """The work folders of ``config``'s run (``<name>-<key>``; the names of :func:`mosaic_config` are unique)."""
-    return sorted(work_root().glob(f"{config.name}-*"))
+    return glob(config.work_location, f"{config.name}-*")
+
+
+def remove_location(location: Location) -> None:
+    """Delete a local folder or everything under a URL."""
+    if is_remote(location):
+        remove(location)
+    else:
+        shutil.rmtree(location, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -194,16 +202,23 @@ def run_measured(config: RegionConfig, work: Path, workers: list[psutil.Process]
         return {**json.loads(lines[-1][len("RESULT "):]), **sampled}
     finally:
         for folder in work_folders(config):
-            shutil.rmtree(folder, ignore_errors=True)
-        shutil.rmtree(config.publish_dir, ignore_errors=True)
+            remove_location(folder)
+        remove_location(config.publish_location)
 
 
 def mib(value: float) -> float:
     return value / 2**20
 
 
-def folder_bytes(path: Path) -> int:
-    """Bytes of the files under ``path`` (or of the file itself)."""
+def step_cells(row: dict) -> str:
+    """A result row's ingest, predict and publish seconds as three Markdown table cells."""
+    return " | ".join(f"{row['steps_seconds'].get(step, 0):.1f}" for step in ("ingest", "predict", "publish"))
+
+
+def folder_bytes(path: Location) -> int:
+    """Bytes of the files under ``path`` (or of the file itself), a local path or a URL."""
+    if is_remote(path):
+        return int(filesystem(path).du(path))
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
@@ -263,8 +278,8 @@ def main(config_json: str) -> None:
         "step_spans": spans, "steps_seconds": {step: round(b - a, 2) for step, (a, b) in spans.items()},
         "task_runs": task_runs, "height": height, "width": width, "transform": transform,
         "chips": inference["chips_predicted"], "blocks": inference["blocks"],
-        "store_bytes": {p.name: folder_bytes(p) for p in sorted(work.glob("*.zarr"))},
-        "published_bytes": {name: folder_bytes(path) for name, path in published.paths.items() if Path(path).exists()},
+        "store_bytes": {basename(p): folder_bytes(p) for p in glob(work, "*.zarr")},
+        "published_bytes": {name: folder_bytes(path) for name, path in published.paths.items() if exists(path)},
     }))
 
 

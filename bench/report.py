@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.common import RESULTS
 
 OUTPUT = RESULTS.parent / "RESULTS.md"
-ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "modalities", "eth", "prsa", "losloop", "ablation"]
+ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "storage", "modalities", "eth", "prsa", "losloop", "ablation"]
 
 
 def _load(name: str) -> tuple[dict, str] | None:

@@ -32,6 +32,7 @@ from bench.flowrun import (
     mosaic_config,
     prefect_server,
     run_measured,
+    step_cells,
 )
 from bench.mosaic import build_mosaic
 
@@ -99,9 +100,7 @@ def main() -> None:
         ("| workers | chips predicted | wall s (flow process) | ingest s | predict s | publish s | speed-up | "
          "peak per worker (MiB) | worker idle (MiB) | flow process peak (MiB) |"),
         "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
-        *(f"| {r['workers']} | {r['chips']} | {r['wall_seconds']:.0f} | "
-          f"{r['steps_seconds'].get('ingest', 0):.1f} | "
-          f"{r['steps_seconds']['predict']:.1f} | {r['steps_seconds'].get('publish', 0):.1f} | {r['speedup']:.2f}x | "
+        *(f"| {r['workers']} | {r['chips']} | {r['wall_seconds']:.0f} | {step_cells(r)} | {r['speedup']:.2f}x | "
           f"{', '.join(f'{mib(b):.0f}' for b in r['peak_per_worker_bytes'])} | "
           f"{', '.join(f'{mib(b):.0f}' for b in r['idle_worker_bytes'])} | "
           f"{mib(r['peak_by_kind_bytes']['flow']):.0f} |" for r in rows),

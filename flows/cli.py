@@ -35,6 +35,8 @@ from flows.serve import run_server
 
 
 OUTPUT_DIR_HELP = "a folder, or an object-storage URL such as s3://bucket/prefix (credentials from the environment)"
+WORK_ROOT_HELP = ("where the work folders go (default: $ALLSPARK_CACHE/work): a folder, or an object-storage URL "
+                  "that the workers of a Dask cluster without a shared disk can all reach")
 
 
 def _region_overrides(args: argparse.Namespace) -> dict:
@@ -49,6 +51,7 @@ def _region_overrides(args: argparse.Namespace) -> dict:
         "loader": args.loader,
         "output_dir": args.output_dir,
         "dask_address": args.dask_address,
+        "work_root": args.work_root,
         "checkpoint": args.checkpoint,
     }
 
@@ -105,7 +108,7 @@ def _run_backfill(args: argparse.Namespace) -> int:
     from flows.backfill import run_backfill  # Prefect and torch: only when running
 
     config = apply_checkpoint(load_region_config(args.config, output_dir=args.output_dir,
-                                                 dask_address=args.dask_address))
+                                                 dask_address=args.dask_address, work_root=args.work_root))
     plan_backfill(config, args.aoi, args.start, args.end, args.step, args.name)  # bad input fails before Prefect starts
     check_writable(backfill_root(config, args.name))
     with run_server():
@@ -164,7 +167,8 @@ def _parser() -> argparse.ArgumentParser:
     region.add_argument("--loader", choices=get_args(RegionConfig.model_fields["loader"].annotation))
     region.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
     region.add_argument("--dask-address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    region.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
+    region.add_argument("--work-root", help=WORK_ROOT_HELP)
+    region.add_argument("--checkpoint", help="use this trained checkpoint (a folder or URL) instead of fine-tuning")
     region.set_defaults(handler=_run_region)
     for name in FILE_KINDS:
         kind = get_kind(name)
@@ -172,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         file_flow.add_argument("--config", type=Path, help=f"run config YAML (default: deployments/{kind.example})")
         file_flow.add_argument("--name", help="run name (output folder under --output-dir)")
         file_flow.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
-        file_flow.add_argument("--checkpoint", type=Path, help="use this trained checkpoint instead of fine-tuning")
+        file_flow.add_argument("--checkpoint", help="use this trained checkpoint (a folder or URL) instead of fine-tuning")
         file_flow.set_defaults(handler=_run_file_flow)
 
     backfill = commands.add_parser("backfill", help="the region flow over AOIs and a date range, window by window")
@@ -186,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill.add_argument("--name", default="backfill", help="folder under the config's output_dir (default: backfill)")
     backfill.add_argument("--output-dir", help=OUTPUT_DIR_HELP)
     backfill.add_argument("--dask-address", help="an existing Dask scheduler (default: one local cluster for all windows)")
+    backfill.add_argument("--work-root", help=WORK_ROOT_HELP)
     backfill.add_argument("--concurrency", type=int, default=2, help="windows run at once (default: 2)")
     backfill.add_argument("--retries", type=int, default=1, help="retries of a failed window (default: 1)")
     backfill.set_defaults(handler=_run_backfill)

@@ -12,23 +12,28 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import pystac
 import pytest
 import rasterio
 import yaml
 from rio_cogeo.cogeo import cog_validate
 
-from allspark.core import atomic
-from allspark.core.location import check_storage, exists, parse_location, read_catalog
+from allspark.core import location as location_module
+from allspark.core.location import check_storage, parse_location, read_catalog
 from allspark.core.steps import run_pipeline
+from allspark.core.storage import LOCK_OBJECT, folder_lock
 from allspark.errors import StorageError
 from allspark.region import backfill, steps
-from allspark.settings import work_root
+from allspark.settings import cache_dir, work_root
 from tests import object_store
+from tests.object_store import assert_every_link_resolves, entry_version, key, versions
 from tests.conftest import shared_data
 from tests.file_flows import sensors_config
 from tests.regions import crop_aoi, quick_checkpoint, quick_config, small_catalog
@@ -75,35 +80,6 @@ def local_run(catalog, checkpoint, tmp_path_factory):
     return config, run_pipeline(steps, config)
 
 
-def key(url: str) -> str:
-    """The bucket/key of an s3:// URL, as s3fs and GDAL's /vsis3/ name it."""
-    return url.removeprefix("s3://")
-
-
-def versions(s3, location: str) -> list[str]:
-    return sorted(p.rsplit("/", 1)[-1] for p in s3.filesystem().ls(key(f"{location}/runs")))
-
-
-def entry_version(s3, location: str) -> str:
-    """The set the entry catalog leads to (every item link goes into runs/<version>/)."""
-    links = json.loads(s3.filesystem().cat_file(key(f"{location}/catalog.json")))["links"]
-    (version,) = {link["href"].split("/")[2] for link in links if link["rel"] == "item"}
-    return version
-
-
-def assert_every_link_resolves(catalog_url: str) -> pystac.Item:
-    """Walk the catalog from the bucket; every link and asset of it and its item resolves. Return the item."""
-    entry = read_catalog(catalog_url)
-    (item,) = entry.get_items()
-    for stac in (entry, item):
-        for link in stac.links:
-            assert exists(parse_location(link.get_absolute_href())), f"{stac.id}: {link.rel} {link.href} is missing"
-    for name, asset in item.assets.items():
-        href = asset.get_absolute_href()
-        assert href.startswith("s3://") and exists(href), f"asset {name}: {href} is missing"
-    return item
-
-
 # -- the region flow ------------------------------------------------------------------------------
 
 
@@ -116,7 +92,7 @@ def test_region_outputs_on_the_bucket_equal_a_local_run(s3, bucket_run, local_ru
     fs = s3.filesystem()
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(key(location))) == ["catalog.json", "runs"]
     assert not [p for p in fs.find(BUCKET) if "/." in p], "a probe or temporary object was left behind"
-    assert not list(work_root().glob(".publish-*")), "the local staging folder was left behind"
+    assert not list((cache_dir() / "staging").glob(".staging-*")), "the local staging folder was left behind"
 
     item = assert_every_link_resolves(published.catalog)
     assert item.properties["allspark:config"]["output_dir"] == f"s3://{BUCKET}/maps"
@@ -159,7 +135,7 @@ def test_a_publish_killed_mid_upload_leaves_the_previous_set(s3, bucket_run, mon
     fs = s3.filesystem()
     entry = fs.cat_file(key(f"{location}/catalog.json"))
     shown, before = entry_version(s3, location), versions(s3, location)
-    upload, uploaded = atomic.upload, []
+    upload, uploaded = location_module.upload, []
 
     def dies_at_the_fourth_object(source, url):
         if len(uploaded) == 3:
@@ -167,7 +143,7 @@ def test_a_publish_killed_mid_upload_leaves_the_previous_set(s3, bucket_run, mon
         upload(source, url)
         uploaded.append(url)
 
-    monkeypatch.setattr(atomic, "upload", dies_at_the_fourth_object)
+    monkeypatch.setattr(location_module, "upload", dies_at_the_fourth_object)
     with pytest.raises(ConnectionError, match="died while uploading"):
         run_pipeline(steps, config)
     (partial,) = set(versions(s3, location)) - set(before)
@@ -297,3 +273,40 @@ def test_the_command_refuses_an_unknown_bucket_in_one_line(s3, tmp_path, capsys)
     assert capsys.readouterr().err.strip() == (
         "allspark: error: cannot write s3://no-such-bucket/maps/test-sensors: the bucket 'no-such-bucket' does not "
         "exist; create it or correct the URL")
+
+
+# -- a lock across machines -----------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from allspark.core.storage import folder_lock
+with folder_lock(sys.argv[1], on_wait=lambda message: print("WAITED", flush=True)):
+    print("IN", time.time(), flush=True)
+    time.sleep(3)
+    print("OUT", time.time(), flush=True)
+"""
+
+
+def test_two_machines_writing_one_bucket_folder_take_turns(s3, tmp_path):
+    """Two processes with caches of their own (so no shared lock file, as on two machines) lock one folder on the bucket."""
+    folder = f"s3://{BUCKET}/contended"
+    runs = [subprocess.Popen([sys.executable, "-c", HOLD_LOCK, folder], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "ALLSPARK_CACHE": str(tmp_path / f"machine-{i}")})
+            for i in range(2)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    spans = sorted([float(line.split()[1]) for line in out.splitlines() if line.split()[0] in ("IN", "OUT")]
+                   for out in outputs)
+    assert spans[0][1] <= spans[1][0], f"both held the lock at once: {spans}"
+    assert sum("WAITED" in out for out in outputs) == 1
+    assert not s3.filesystem().exists(key(f"{folder}/{LOCK_OBJECT}")), "the lock object was left"
+
+
+def test_a_lock_whose_holder_died_is_taken_over_after_its_lease(s3):
+    folder = f"s3://{BUCKET}/abandoned"
+    lock = key(f"{folder}/{LOCK_OBJECT}")
+    s3.filesystem().pipe_file(lock, json.dumps({"owner": "gone:1:x", "expires": time.time() - 1}).encode())
+    waited = []
+    with folder_lock(folder, on_wait=waited.append):
+        assert json.loads(s3.filesystem().cat_file(lock))["owner"] != "gone:1:x"
+    assert not waited and not s3.filesystem().exists(lock)

@@ -2,7 +2,10 @@
 
 Files and folders (checkpoints, Zarr stores) are written under a hidden temporary name beside
 their destination and moved into place with one ``os.replace``/rename, so a reader or a crash
-never sees a half-written output, and a rerun finds either the complete output or none.
+never sees a half-written output, and a rerun finds either the complete output or none. Object
+storage has no rename: an object is stored whole by one request, and a folder of objects (a Zarr
+store, a bundle) is complete once its :data:`SUCCESS` marker is stored, written last
+(:func:`is_complete` is the one check for both).
 A run's published outputs are switched in as one set (:func:`published_set`): in a local folder
 by a symlink (:func:`switched_folder`), on object storage by its entry catalog (:func:`uploaded_set`).
 Hidden leftovers of a killed run are swept by :func:`remove_stale_temporaries`.
@@ -20,9 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from allspark.core.location import Location, is_remote, join, list_folder, put_text, read_text, remove, upload
+from allspark.core.location import (Location, exists, is_remote, join, list_folder, put_bytes, put_text, read_text,
+                                    remove, upload_folder)
 from allspark.errors import StorageError
-from allspark.settings import work_root
+from allspark.settings import cache_dir
 
 RUNS = "runs"
 """The folder of each published set (``runs/<UTC time>``) inside an output folder."""
@@ -30,6 +34,8 @@ CURRENT = "current"
 """The symlink to the published set that readers see."""
 CATALOG = "catalog.json"
 """The STAC catalog of a published set; in an output folder on object storage, the entry point of the current set."""
+SUCCESS = "_SUCCESS"
+"""The empty object that marks a folder on object storage complete (Hadoop's and Spark's name for it)."""
 
 
 @contextlib.contextmanager
@@ -49,11 +55,19 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``final``; it replaces ``final`` only if the block succeeds.
+def atomic_dir(final: Location) -> Iterator[Location]:
+    """Yield an empty folder for ``final`` (a path or URL); it is complete under its final name only if the block succeeds.
 
-    For checkpoints and Zarr stores: the folder exists under its final name only once complete.
+    For checkpoints and Zarr stores. A local folder is written beside ``final`` and renamed into
+    place. On object storage, where nothing renames, the block writes under ``final`` itself (after
+    removing what a killed run left there) and the :data:`SUCCESS` marker is stored last; readers
+    ask :func:`is_complete`.
     """
+    if is_remote(final):
+        remove(final)
+        yield final
+        put_bytes(b"", join(final, SUCCESS))
+        return
     final = Path(final)
     tmp = final.with_name(f".{final.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -67,13 +81,61 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
 
 
-def write_text(text: str, path: Location) -> None:
+@contextlib.contextmanager
+def staged_dir(final: Location) -> Iterator[Path]:
+    """Yield an empty local folder for files that only a local path can write (a model bundle); it becomes
+    ``final`` whole if the block succeeds: renamed into place, or uploaded with its :data:`SUCCESS` marker last."""
+    if not is_remote(final):
+        with atomic_dir(final) as tmp:
+            yield tmp
+        return
+    with staging_folder() as staging, atomic_dir(final):
+        yield Path(staging)
+        upload_folder(Path(staging), final)
+
+
+def staging_folder() -> tempfile.TemporaryDirectory:
+    """A local temporary folder in the cache for what is built here and then uploaded (deleted afterwards).
+
+    Its name carries this process's id: the folders of processes that no longer run (killed while
+    uploading) are deleted first, those of other running processes are left alone.
+    """
+    root = cache_dir() / "staging"
+    root.mkdir(parents=True, exist_ok=True)
+    for leftover in root.glob(".staging-*"):
+        owner = leftover.name.split("-")[1]
+        if owner.isdigit() and not process_running(int(owner)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f".staging-{os.getpid()}-", dir=root)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (leftovers of processes that do not are stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def is_complete(folder: Location) -> bool:
+    """Whether the folder written by :func:`atomic_dir` or :func:`staged_dir` is there and complete."""
+    return exists(join(folder, SUCCESS)) if is_remote(folder) else Path(folder).exists()
+
+
+def write_bytes(data: bytes, path: Location) -> None:
     """Write a local file through a temporary beside it, or an object in one request (atomic per object)."""
     if is_remote(path):
-        put_text(text, path)
+        put_bytes(data, path)
         return
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
+
+
+def write_text(text: str, path: Location) -> None:
+    write_bytes(text.encode(), path)
 
 
 def write_json(payload: object, path: Location) -> None:
@@ -157,8 +219,8 @@ def published_set(location: Location) -> contextlib.AbstractContextManager[Path]
 def uploaded_set(url: str) -> Iterator[Path]:
     """Yield an empty local folder for a complete set of outputs; if the block succeeds, ``url`` shows that set.
 
-    Object storage has no rename and no links, so the set is built in a temporary folder under
-    the work root, uploaded under ``url/runs/<time>/``, and then switched in by writing
+    Object storage has no rename and no links, so the set is built in a local temporary folder
+    (:func:`staging_folder`), uploaded under ``url/runs/<time>/``, and then switched in by writing
     ``url/catalog.json`` last, in one request: the set's STAC catalog with its links pointing into
     ``runs/<time>/``. A reader who opens that entry catalog sees the previous complete set or the
     new one, never a mix, and a run killed while uploading leaves the previous entry catalog and its
@@ -166,15 +228,12 @@ def uploaded_set(url: str) -> Iterator[Path]:
     older ones (a killed run's partial upload among them) are deleted.
     """
     version = _new_version()
-    staging_root = work_root()
-    staging_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".publish-", dir=staging_root) as staging:
+    with staging_folder() as staging:
         folder = Path(staging) / version
         folder.mkdir()
         yield folder
         previous = _entry_version(url)
-        for file in sorted(path for path in folder.rglob("*") if path.is_file()):
-            upload(file, join(url, RUNS, version, file.relative_to(folder).as_posix()))
+        upload_folder(folder, join(url, RUNS, version))
         put_text(_entry_catalog(folder / CATALOG, version), join(url, CATALOG))
     for old in list_folder(join(url, RUNS)):
         if old not in (version, previous):

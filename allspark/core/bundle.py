@@ -14,6 +14,8 @@ A bundle is one folder::
 
 It is written atomically (complete or absent) by :func:`save_bundle` and read by
 :func:`load_bundle`, once per process (a Dask worker loads it on its first task and keeps it).
+A bundle may live on object storage (a URL): it is read through a local copy in the cache,
+downloaded once per content (:func:`local_bundle`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from filelock import FileLock
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
-from allspark.core.atomic import atomic_dir
+from allspark.core.atomic import SUCCESS, atomic_dir, is_complete, staged_dir
+from allspark.core.location import Location, download_folder, is_remote, listing, parse_location
 from allspark.errors import CheckpointError
+from allspark.settings import cache_dir
 
 if TYPE_CHECKING:
     from allspark.core.config import ModelRunConfig
@@ -85,7 +90,7 @@ class Bundle(Generic[Preprocessing]):
 
 
 def save_bundle(
-    directory: Path,
+    directory: Location,
     model,
     preprocessing: BaseModel,
     config: ModelRunConfig,
@@ -93,7 +98,7 @@ def save_bundle(
     extra_files: Mapping[str, str] | None = None,
     contract: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically into ``directory`` (replacing one there); return it.
+    """Write a bundle atomically into ``directory``, a folder or URL (replacing one there); return it.
 
     ``config`` is the run config that trained the model: ``bundle.json`` records its kind's fields
     (``contract`` where the run knows more than the config, e.g. a region's wavelengths) and its
@@ -103,8 +108,7 @@ def save_bundle(
 
     from allspark.model.checkpoint import save_checkpoint
 
-    directory = Path(directory)
-    with atomic_dir(directory) as tmp:
+    with staged_dir(directory) as tmp:
         save_checkpoint(model, tmp)
         (tmp / PREPROCESSING_FILE).write_text(json.dumps(
             {"type": type(preprocessing).__name__, "state": preprocessing.model_dump(mode="json")}, indent=2))
@@ -127,9 +131,33 @@ def save_bundle(
     return directory
 
 
-def bundle_info(directory: str | Path) -> BundleInfo:
+def local_bundle(directory: Location) -> Path:
+    """The bundle's folder on this machine: ``directory`` itself, or for a URL a copy in the cache.
+
+    The copy is keyed by the URL and its objects' sizes and ETags, so each worker downloads a bundle
+    once, and again only when it was replaced. Raises :class:`CheckpointError` for a URL holding no
+    complete bundle.
+    """
+    directory = parse_location(directory)  # a path given as a string is still a path
+    if not is_remote(directory):
+        return directory
+    if not is_complete(directory):
+        raise CheckpointError(f"checkpoint {directory} does not exist or is incomplete (no {SUCCESS} marker: its "
+                              f"upload did not finish)")
+    key = hashlib.sha256(json.dumps([directory, listing(directory)]).encode()).hexdigest()[:16]
+    copy = cache_dir() / "bundles" / key
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(copy.with_suffix(".lock")):  # workers sharing a cache download it once
+        if not copy.exists():
+            with atomic_dir(copy) as tmp:
+                download_folder(directory, tmp)
+                (tmp / SUCCESS).unlink()
+    return copy
+
+
+def bundle_info(directory: Location) -> BundleInfo:
     """The bundle's ``bundle.json``; a clear error when the folder is not a bundle."""
-    path = Path(directory) / INFO_FILE
+    path = local_bundle(directory) / INFO_FILE
     try:
         return BundleInfo.model_validate_json(path.read_text())
     except FileNotFoundError:
@@ -203,18 +231,18 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def training_metrics(directory: str | Path) -> dict | None:
+def training_metrics(directory: Location) -> dict | None:
     """The fine-tuning metrics stored in the bundle, or None (a bundle trained elsewhere may have none)."""
-    path = Path(directory) / METRICS_FILE
+    path = local_bundle(directory) / METRICS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_bundle(directory: str | Path, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
+def load_bundle(directory: Location, preprocessing: type[Preprocessing]) -> Bundle[Preprocessing]:
     """Load (once per process and content) the bundle in ``directory``, checking its preprocessing is of this kind.
 
     Keyed by the folder's content too, so a bundle rebuilt or replaced at the same path is loaded again.
     """
-    path = Path(directory).resolve()
+    path = local_bundle(directory).resolve()
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {directory} does not exist or is not a folder")
     return _load(str(path), bundle_digest(path), preprocessing)
@@ -232,9 +260,9 @@ def _load(directory: str, digest: str, preprocessing: type[Preprocessing]) -> Bu
     return Bundle(model=model.eval(), preprocessing=fitted)
 
 
-def load_preprocessing(directory: str | Path, preprocessing: type[Preprocessing]) -> Preprocessing:
+def load_preprocessing(directory: Location, preprocessing: type[Preprocessing]) -> Preprocessing:
     """A bundle's fitted preprocessing alone (no model weights), checked to be of this kind."""
-    path = Path(directory)
+    path = local_bundle(directory)
     try:
         document = json.loads((path / PREPROCESSING_FILE).read_text())
     except FileNotFoundError:
@@ -251,10 +279,10 @@ def load_preprocessing(directory: str | Path, preprocessing: type[Preprocessing]
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {err}") from None
 
 
-def bundle_digest(directory: str | Path) -> str:
+def bundle_digest(directory: Location) -> str:
     """A short content hash of a bundle folder, to key caches and name prediction stores."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+    for file in sorted(p for p in local_bundle(directory).iterdir() if p.is_file()):
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()[:16]

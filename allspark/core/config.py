@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, ValidationError, model_validator
 
-from allspark.core.location import Location, OutputLocation, is_remote, join
+from allspark.core.location import Location, LocationField, is_remote, join
 from allspark.core.storage import work_dir
 from allspark.errors import ConfigError
 from allspark.model.llm import SMOLLM2
@@ -94,7 +94,7 @@ class RunConfig(StrictModel):
     keys a config leaves out, whether it gives the block or not (an explicit ``null`` stays null), and are not
     counted as set by it (``model_fields_set``), so a checkpoint's settings may replace them."""
     name: str = Field(pattern=NAME_PATTERN, description="names the output folder and the work folder")
-    output_dir: OutputLocation = Field(Path("outputs"), description="published outputs go to output_dir/name: a "
+    output_dir: LocationField = Field(Path("outputs"), description="published outputs go to output_dir/name: a "
                                        "folder, or an object-storage URL (s3://bucket/prefix, gs://, az://)")
     seed: int = Field(0, description="seeds python, numpy and torch: initial weights, data order, prompts")
 
@@ -165,7 +165,8 @@ class ModelRunConfig(RunConfig):
     modality: ClassVar[str]
     language: LanguageModelSettings
     train: TrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
-    checkpoint: Path | None = Field(None, description="a trained model bundle to apply instead of fine-tuning")
+    checkpoint: LocationField | None = Field(None, description="a trained model bundle to apply instead of fine-tuning "
+                                             "(a folder or an object-storage URL)")
     inference_batch: int = Field(32, ge=1)
 
     @model_validator(mode="after")

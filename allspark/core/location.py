@@ -1,11 +1,12 @@
-"""Where outputs go: a local folder or an object-storage URL (``s3://``, ``gs://``, ``az://``), through fsspec.
+"""Where outputs, work stores and checkpoints live: a local folder or an object-storage URL (``s3://``, ``gs://``,
+``az://``), through fsspec.
 
 A location is a :class:`~pathlib.Path` (a local path, or a ``file://`` URL made one) or the URL of a
 remote folder as a string; :func:`parse_location` makes one from what a user gives and refuses
 anything else. Remote locations go through fsspec rather than obstore: fsspec is one API for
 s3/gs/az/file that zarr (``FsspecStore``), pystac (a :class:`StacIO`), geopandas and pandas all
-accept as is, which the Zarr work stores on a bucket (the next step) need; obstore would need an
-adapter for each of them.
+accept as is (the Zarr work stores on a bucket go through :func:`zarr_store`); obstore would need
+an adapter for each of them.
 
 Credentials and endpoints come only from the environment and the tools' own profiles
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL``,
@@ -24,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import pystac
 from fsspec import AbstractFileSystem
-from pydantic import BeforeValidator
+from pydantic import PlainValidator
 from pystac.stac_io import DefaultStacIO
 
 from allspark.errors import StorageError
@@ -50,6 +51,8 @@ def parse_location(value: str | Path) -> Location:
 
     Raises :class:`StorageError` naming the URL and the supported schemes for any other URL.
     """
+    if not isinstance(value, str | Path):
+        raise ValueError(f"expected a path or a URL, got {value!r}")
     if isinstance(value, Path) or "://" not in value:
         return Path(value)
     parts = urlsplit(value)
@@ -67,7 +70,7 @@ def parse_location(value: str | Path) -> Location:
     return f"{scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
-OutputLocation = Annotated[Location, BeforeValidator(parse_location)]
+LocationField = Annotated[Location, PlainValidator(parse_location)]
 """A config field holding a location: a path stays a Path, an object-storage URL a string."""
 
 
@@ -141,15 +144,23 @@ def exists(location: Location) -> bool:
     return Path(location).exists()
 
 
-def read_text(location: Location) -> str:
+def read_bytes(location: Location) -> bytes:
     if is_remote(location):
-        return filesystem(location).cat_file(location).decode()
-    return Path(location).read_text()
+        return filesystem(location).cat_file(location)
+    return Path(location).read_bytes()
+
+
+def read_text(location: Location) -> str:
+    return read_bytes(location).decode()
+
+
+def put_bytes(data: bytes, url: str) -> None:
+    """Store ``data`` at ``url`` in one request: readers see the old object or the new one, never a part."""
+    filesystem(url).pipe_file(url, data)
 
 
 def put_text(text: str, url: str) -> None:
-    """Store ``text`` at ``url`` in one request: readers see the old object or the new one, never a part."""
-    filesystem(url).pipe_file(url, text.encode())
+    put_bytes(text.encode(), url)
 
 
 def upload(source: Path, url: str) -> None:
@@ -157,18 +168,46 @@ def upload(source: Path, url: str) -> None:
     filesystem(url).put_file(str(source), url)
 
 
-def list_folder(url: str) -> list[str]:
-    """The names of the entries directly under ``url`` (none if there is nothing there)."""
+def upload_folder(source: Path, url: str) -> None:
+    """Copy every file under the local folder ``source`` to the same relative keys under ``url``."""
+    for file in sorted(path for path in Path(source).rglob("*") if path.is_file()):
+        upload(file, join(url, file.relative_to(source).as_posix()))
+
+
+def download_folder(url: str, destination: Path) -> None:
+    """Copy every object under ``url`` to the same relative paths under the local folder ``destination``."""
     fs = filesystem(url)
+    root = fs._strip_protocol(url).rstrip("/")
+    for key in fs.find(url):
+        target = Path(destination) / key[len(root) + 1:]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(target))
+
+
+def listing(url: str) -> dict[str, dict]:
+    """Every object under ``url``: its key relative to ``url``, with its size and ETag (what says it changed)."""
+    fs = filesystem(url)
+    root = fs._strip_protocol(url).rstrip("/")
+    return {key[len(root) + 1:]: {"size": info.get("size"), "etag": info.get("ETag") or info.get("etag")}
+            for key, info in sorted(fs.find(url, detail=True).items())}
+
+
+def list_folder(location: Location) -> list[str]:
+    """The names of the entries directly under ``location`` (none if there is nothing there)."""
+    if not is_remote(location):
+        return sorted(path.name for path in Path(location).iterdir()) if Path(location).is_dir() else []
+    fs = filesystem(location)
     try:
-        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(url, detail=False))
+        return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(location, detail=False))
     except FileNotFoundError:
         return []
 
 
 def remove(url: str) -> None:
-    """Delete ``url`` and everything under it."""
-    filesystem(url).rm(url, recursive=True)
+    """Delete ``url`` and everything under it (nothing when it is not there)."""
+    fs = filesystem(url)
+    if fs.exists(url):
+        fs.rm(url, recursive=True)
 
 
 def glob(location: Location, pattern: str) -> list[Location]:
@@ -177,6 +216,16 @@ def glob(location: Location, pattern: str) -> list[Location]:
         return sorted(Path(location).glob(pattern))
     fs = filesystem(location)
     return sorted(fs.unstrip_protocol(path) for path in fs.glob(f"{location}/{pattern}"))
+
+
+def zarr_store(location: Location, read_only: bool = False) -> Any:
+    """What :func:`zarr.open_group` opens ``location`` through: the local path, or an fsspec store on the bucket
+    (asynchronous, without a listings cache, credentials from the environment)."""
+    if not is_remote(location):
+        return str(location)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(location, read_only=read_only, storage_options={"use_listings_cache": False})
 
 
 class StorageStacIO(DefaultStacIO):

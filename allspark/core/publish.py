@@ -23,7 +23,7 @@ from rasterio.warp import transform_bounds
 from shapely.geometry import box, mapping
 
 from allspark.core.atomic import atomic_file, current_set, published_set, write_json, write_text
-from allspark.core.bundle import bundle_info
+from allspark.core.bundle import bundle_info, local_bundle
 from allspark.core.config import RunConfig
 from allspark.core.location import Location, join
 from allspark.core.steps import Published
@@ -113,10 +113,10 @@ def _uri(href: str) -> str:
     return href if urlsplit(href).scheme else Path(href).resolve().as_uri()
 
 
-def copy_bundle(checkpoint: Path, model_dir: Path) -> None:
-    """Copy a model bundle's files into ``model_dir`` of a set being published."""
+def copy_bundle(checkpoint: Location, model_dir: Path) -> None:
+    """Copy a model bundle's files (a folder or URL) into ``model_dir`` of a set being published."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    for file in Path(checkpoint).iterdir():
+    for file in local_bundle(checkpoint).iterdir():
         if file.is_file():
             shutil.copyfile(file, model_dir / file.name)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from allspark.core.location import Location, parse_location
+
 Log = Callable[[str], None]
 
 
@@ -26,8 +28,8 @@ Log = Callable[[str], None]
 class Ingested:
     """The inputs read, checked and stored in the work folder."""
 
-    work_dir: Path
-    store: Path
+    work_dir: Location
+    store: Location
     summary: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -35,7 +37,7 @@ class Ingested:
 class Trained:
     """A model bundle to predict with: fine-tuned by this run, or the config's checkpoint."""
 
-    checkpoint: Path
+    checkpoint: Location
     metrics: Mapping[str, Any] | None = None
 
 
@@ -43,7 +45,7 @@ class Trained:
 class Predicted:
     """Predictions stored in the work folder, ready to publish."""
 
-    store: Path
+    store: Location
     summary: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -58,12 +60,12 @@ class Published:
     metrics: Mapping[str, Any]
 
 
-def given_checkpoint(checkpoint: Path) -> Trained:
+def given_checkpoint(checkpoint: Location) -> Trained:
     """The result of ``train`` for a run that uses a trained model instead of fine-tuning."""
     from allspark.core.bundle import bundle_info, training_metrics
 
     bundle_info(checkpoint)  # a clear error now when it is not a model bundle
-    return Trained(checkpoint=Path(checkpoint), metrics=training_metrics(checkpoint))
+    return Trained(checkpoint=parse_location(checkpoint), metrics=training_metrics(checkpoint))
 
 
 Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]

@@ -11,15 +11,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import secrets
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from filelock import FileLock, Timeout
 
-from allspark.core.location import Location, basename, check_storage, is_remote
+from allspark.core.atomic import process_running
+from allspark.core.location import Location, basename, check_storage, filesystem, is_remote, join
 from allspark.errors import StorageError
 from allspark.settings import cache_dir, work_root
 
@@ -50,11 +56,12 @@ def content_digest(paths: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def work_dir(name: str, fingerprint: str, inputs: Iterable[Path] = ()) -> Path:
-    """The work folder of a run named ``name`` with config ``fingerprint`` over the files ``inputs``."""
+def work_dir(name: str, fingerprint: str, inputs: Iterable[Path] = (), root: Location | None = None) -> Location:
+    """The work folder of a run named ``name`` with config ``fingerprint`` over the files ``inputs``, under ``root``
+    (a folder or URL; the cache's work folder by default)."""
     inputs = list(inputs)
     key = fingerprint if not inputs else hashlib.sha256(f"{fingerprint}:{content_digest(inputs)}".encode()).hexdigest()[:16]
-    return work_root() / f"{name}-{key}"
+    return join(work_root() if root is None else root, f"{name}-{key}")
 
 
 def total_size(paths: Iterable[Path]) -> int:
@@ -120,10 +127,21 @@ def folder_lock(folder: Location, on_wait: Callable[[str], None] | None = None) 
     the folder, so that sweeping the folder of temporaries cannot remove it and a run that fails
     early leaves nothing in it. ``on_wait`` is told once when another run holds the lock and this
     one waits for it. A lock file is never deleted (that would let two runs hold "the" lock).
+    An ``s3://`` folder is also locked across machines by a lock object (:func:`object_lock`).
     """
-    # A URL is locked on this machine only: runs on other machines writing the same bucket
-    # folder are not held back (locking across machines is the next step).
     folder = folder if is_remote(folder) else Path(folder).absolute()
+    with _machine_lock(folder, on_wait):
+        if is_remote(folder) and urlsplit(folder).scheme == "s3":
+            check_storage(folder)  # a clear error for a bad bucket or credentials, before the lock object is written
+            with object_lock(join(folder, LOCK_OBJECT), on_wait):
+                yield
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def _machine_lock(folder: Location, on_wait: Callable[[str], None] | None) -> Iterator[None]:
+    """The lock file of ``folder`` in ``<cache>/locks``: held by one process (and thread) of this machine at a time."""
     path = cache_dir() / "locks" / f"{basename(folder)}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.lock"
     lock = FileLock(path)
     try:
@@ -142,3 +160,82 @@ def folder_lock(folder: Location, on_wait: Callable[[str], None] | None = None) 
         yield
     finally:
         lock.release()
+
+
+LOCK_OBJECT = ".allspark-lock"
+"""The lock object of a folder on object storage, inside it (deleted when the lock is released)."""
+LEASE_SECONDS = 120
+"""How long a lock object holds without renewal: a run killed while holding one blocks others this long at most."""
+RENEW_SECONDS = 30
+POLL_SECONDS = 1.0
+
+
+@contextlib.contextmanager
+def object_lock(url: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the lock object ``url`` on S3 for the duration of the block, across machines.
+
+    Taken by a conditional write (``If-None-Match: *``: only when no lock object exists), so of two
+    runs on two machines exactly one gets it; the other waits and polls. The holder renews its
+    lease every :data:`RENEW_SECONDS` in a thread; a lock whose lease expired (its holder died), or
+    whose holder was a process of this machine that is gone, is taken over by a write conditional
+    on its ETag (``If-Match``), which again only one waiter wins.
+    The lock object is deleted on release. Clocks of the machines are assumed to agree within the lease.
+    """
+    fs = filesystem(url)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    etag = _acquire(fs, url, owner, on_wait)
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(fs, url, owner, etag, stop), daemon=True,
+                               name=f"renew {url}")
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if json.loads(fs.cat_file(url))["owner"] == owner:
+                fs.rm_file(url)
+
+
+def _lease(owner: str) -> bytes:
+    return json.dumps({"owner": owner, "expires": time.time() + LEASE_SECONDS}).encode()
+
+
+def _acquire(fs, url: str, owner: str, on_wait: Callable[[str], None] | None) -> str:
+    """Write the lock object when there is none, or over an expired one; wait while another holds it. Return its ETag."""
+    told = False
+    while True:
+        try:
+            return fs.pipe_file(url, _lease(owner), mode="create")["ETag"]
+        except FileExistsError:
+            pass
+        try:
+            etag = fs.info(url)["ETag"]
+            held = json.loads(fs.cat_file(url))
+        except FileNotFoundError:
+            continue  # released meanwhile
+        if held["expires"] < time.time() or _died_on_this_machine(held["owner"]):
+            try:
+                return fs.pipe_file(url, _lease(owner), IfMatch=etag)["ETag"]
+            except (FileExistsError, FileNotFoundError):
+                continue  # another waiter took it over first
+        if not told and on_wait is not None:
+            on_wait(f"{held['owner']} holds the lock {url}; waiting for it to be released")
+            told = True
+        time.sleep(POLL_SECONDS)
+
+
+def _died_on_this_machine(owner: str) -> bool:
+    """Whether the lock's owner (``host:pid:token``) was a process of this machine that no longer runs."""
+    host, pid, _ = owner.rsplit(":", 2)
+    return host == socket.gethostname() and pid.isdigit() and not process_running(int(pid))
+
+
+def _renew(fs, url: str, owner: str, etag: str, stop: threading.Event) -> None:
+    """Extend the lease every :data:`RENEW_SECONDS` until ``stop``; stop early if the lock was taken over."""
+    while not stop.wait(RENEW_SECONDS):
+        try:
+            etag = fs.pipe_file(url, _lease(owner), IfMatch=etag)["ETag"]
+        except (FileExistsError, FileNotFoundError, OSError):
+            return

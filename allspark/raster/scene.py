@@ -10,13 +10,16 @@ from a block plus a halo.
 The **probability store** holds per-pixel class probabilities on the scene's grid, in the same
 blocks, and one small table per block of the chips it owns (origin, class, score), written last:
 that file is the block's "done" flag, so a rerun predicts only the blocks without one.
+
+Both stores may live in a local folder or on object storage (a URL): the workers of a Dask
+cluster without a shared disk write their blocks to the bucket directly.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import dask
 import dask.array as dsa
@@ -27,7 +30,8 @@ import zarr
 from pydantic import BaseModel, ConfigDict
 from zarr.codecs import BloscCodec
 
-from allspark.core.atomic import atomic_dir, atomic_file
+from allspark.core.atomic import atomic_dir, is_complete, write_bytes
+from allspark.core.location import Location, exists, join, list_folder, read_bytes, zarr_store
 from allspark.raster.catalog import BandSpec
 from allspark.raster.load import Encoding, physical_values
 from allspark.raster.windows import Window, chip_origins, cut_chips, windows
@@ -44,6 +48,8 @@ SCENE_CHUNK = 512
 tile. 256 px chunks wrote the benchmark mosaic 1.3x slower (per-chunk overhead of the Zarr write)."""
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 """Store every chunk without first comparing it to the fill value: halves the write time of the scene."""
+BLOCKS = "blocks"
+"""The probability store's folder of chip tables, one per predicted block (the blocks' done flags)."""
 
 
 class Scene(BaseModel):
@@ -85,7 +91,8 @@ class Scene(BaseModel):
         return (c, f + e * self.height, c + a * self.width, f)
 
 
-def write_scene(raster: xr.DataArray, bands: Sequence[BandSpec], encoding: Encoding, store: Path, block: int) -> tuple[Scene, int]:
+def write_scene(raster: xr.DataArray, bands: Sequence[BandSpec], encoding: Encoding, store: Location,
+                block: int) -> tuple[Scene, int]:
     """Write the lazy ``(band, y, x)`` DN raster once into ``store`` (atomically); return it and its valid pixels.
 
     Each chunk's valid pixels (with data in any band, and in each band) are counted as it is
@@ -102,7 +109,7 @@ def write_scene(raster: xr.DataArray, bands: Sequence[BandSpec], encoding: Encod
     chunk = scene_chunk(block)
     data = data.rechunk((data.shape[0], _aligned(data.chunks[1], chunk), _aligned(data.chunks[2], chunk)))
     with atomic_dir(store) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group = zarr.open_group(zarr_store(tmp), mode="w", zarr_format=3)
         group.attrs["scene"] = scene.model_dump(mode="json")
         target = group.create_array(
             "dn", shape=data.shape, chunks=(data.shape[0], chunk, chunk), dtype=encoding.dtype,
@@ -137,20 +144,24 @@ def _aligned(chunks: tuple[int, ...], chunk: int) -> int:
     return max(chunk, chunks[0] // chunk * chunk)
 
 
-def open_scene(store: Path) -> tuple[Scene, zarr.Array]:
+def _read(store: Location) -> zarr.Group:
+    return zarr.open_group(zarr_store(store, read_only=True), mode="r")
+
+
+def open_scene(store: Location) -> tuple[Scene, zarr.Array]:
     """The scene record and its lazy DN array."""
-    group = zarr.open_group(store, mode="r")
+    group = _read(store)
     return Scene.model_validate(group.attrs["scene"]), group["dn"]
 
 
-def valid_pixels(store: Path) -> int:
+def valid_pixels(store: Location) -> int:
     """Pixels with data in any band, counted when the scene was written."""
-    return int(zarr.open_group(store, mode="r").attrs["valid_pixels"])
+    return int(_read(store).attrs["valid_pixels"])
 
 
-def valid_pixels_per_band(store: Path) -> dict[str, int]:
+def valid_pixels_per_band(store: Location) -> dict[str, int]:
     """Pixels with data in each band (by band name), counted when the scene was written (none in an older store)."""
-    return dict(zarr.open_group(store, mode="r").attrs.get("valid_pixels_per_band", {}))
+    return dict(_read(store).attrs.get("valid_pixels_per_band", {}))
 
 
 def read_values(scene: Scene, dn: zarr.Array, window: Window) -> np.ndarray:
@@ -174,38 +185,52 @@ def block_chips(scene: Scene, dn: zarr.Array, window: Window, size: int, overlap
     return cut_chips(values, rows - top, cols - left, size), rows, cols
 
 
-def create_probabilities(store: Path, scene: Scene, classes: int) -> None:
+def create_probabilities(store: Location, scene: Scene, classes: int) -> None:
     """Create the empty probability store on the scene's grid (atomically); a complete one is kept."""
-    if store.exists():
+    if is_complete(store):
         return
     with atomic_dir(store) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group = zarr.open_group(zarr_store(tmp), mode="w", zarr_format=3)
         group.create_array(
             "probabilities", shape=(classes, scene.height, scene.width), chunks=(classes, scene.block, scene.block),
             dtype="float32", fill_value=np.nan, compressors=PROBABILITY_COMPRESSORS, dimension_names=("class", "y", "x"),
             config=WRITE_EVERY_CHUNK,
         )
-        (tmp / "blocks").mkdir()
 
 
-def pending_blocks(store: Path, scene: Scene) -> list[Window]:
+def _chip_tables(store: Location) -> list[str]:
+    """The names of the probability store's chip tables: one per block done."""
+    return [name for name in list_folder(join(store, BLOCKS)) if name.endswith(".parquet")]
+
+
+def pending_blocks(store: Location, scene: Scene) -> list[Window]:
     """Blocks without a chip table yet: not predicted, or cut short by a crash."""
-    return [w for w in scene.blocks() if not (store / "blocks" / f"{scene.block_id(w)}.parquet").exists()]
+    done = set(_chip_tables(store))
+    return [w for w in scene.blocks() if f"{scene.block_id(w)}.parquet" not in done]
 
 
-def write_block(store: Path, scene: Scene, window: Window, probabilities: np.ndarray, chips: pd.DataFrame) -> None:
-    """Write a block's probabilities, then its chip table (the done flag), each complete or not at all."""
-    zarr.open_group(store, mode="r+")["probabilities"][:, window["y"], window["x"]] = probabilities
-    with atomic_file(store / "blocks" / f"{scene.block_id(window)}.parquet") as tmp:
-        chips.to_parquet(tmp, index=False)
+def block_done(store: Location, scene: Scene, window: Window) -> bool:
+    """Whether the block's chip table (its done flag) is stored."""
+    return exists(join(store, BLOCKS, f"{scene.block_id(window)}.parquet"))
 
 
-def read_probabilities(store: Path, window: Window) -> np.ndarray:
-    return zarr.open_group(store, mode="r")["probabilities"][:, window["y"], window["x"]]
+def write_block(store: Location, scene: Scene, window: Window, probabilities: np.ndarray, chips: pd.DataFrame) -> None:
+    """Write a block's probabilities, then its chip table (the done flag), each complete or not at all.
+
+    A block covers whole chunks of the store, so workers writing blocks at once never share a chunk.
+    """
+    zarr.open_group(zarr_store(store), mode="r+")["probabilities"][:, window["y"], window["x"]] = probabilities
+    table = io.BytesIO()
+    chips.to_parquet(table, index=False)
+    write_bytes(table.getvalue(), join(store, BLOCKS, f"{scene.block_id(window)}.parquet"))
 
 
-def read_chip_tables(store: Path) -> pd.DataFrame:
+def read_probabilities(store: Location, window: Window) -> np.ndarray:
+    return _read(store)["probabilities"][:, window["y"], window["x"]]
+
+
+def read_chip_tables(store: Location) -> pd.DataFrame:
     """Every block's chips (row, col, class_index, score), in block order."""
-    files = sorted((store / "blocks").glob("*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
+    tables = [pd.read_parquet(io.BytesIO(read_bytes(join(store, BLOCKS, name)))) for name in _chip_tables(store)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         {"row": [], "col": [], "class_index": [], "score": []})

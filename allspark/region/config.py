@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from allspark import settings
 from allspark.core.config import (
     NAME_PATTERN,
     LanguageModelSettings,
@@ -19,6 +20,7 @@ from allspark.core.config import (
     TrainSettings,
     load_config,
 )
+from allspark.core.location import Location, LocationField
 from allspark.raster.filters import SearchFilters
 from allspark.region.labels import LabelsSettings, file_class_names
 
@@ -111,7 +113,7 @@ class RegionConfig(ModelRunConfig):
 
     kind: ClassVar[str] = "region"
     modality: ClassVar[str] = "multispectral"
-    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir", "dask_address", "n_workers"})
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"output_dir", "work_root", "dask_address", "n_workers"})
     block_defaults: ClassVar[dict[str, dict[str, Any]]] = {
         "language": {"layers": 4},
         "train": {"epochs": 6, "learning_rate": 1e-3, "warmup_epochs": 1, "weight_decay": 0.01},
@@ -141,6 +143,14 @@ class RegionConfig(ModelRunConfig):
     train: RegionTrainSettings | None = Field(description="fine-tuning; null with a checkpoint")
     dask_address: str | None = Field(None, description="Existing Dask scheduler; none = a local cluster.")
     n_workers: int = Field(2, ge=1)
+    work_root: LocationField | None = Field(
+        None, description="Where the run's work folder (scene and prediction stores, fine-tuned model) goes: a folder "
+        "or an object-storage URL, which a Dask cluster without a shared disk needs; none = <cache>/work.")
+
+    @property
+    def work_location(self) -> Location:
+        """The parent of this run's work folder: ``work_root``, else the cache's work folder on this machine."""
+        return self.work_root if self.work_root is not None else settings.work_root()
 
     @model_validator(mode="after")
     def _class_names_from_labels(self) -> RegionConfig:

@@ -21,6 +21,7 @@ from rasterio.errors import RasterioError
 from rasterio.warp import reproject, transform_bounds
 
 from allspark.core.atomic import write_text
+from allspark.core.location import Location, join, read_text
 from allspark.errors import InputError, NoDataError
 from allspark.raster.catalog import (BandSpec, CatalogConfig, CheckedStacIO, MaskSpec, NoItemsFound, load_aoi,
                                      load_catalog_config, resolve_bands, search_items)
@@ -147,13 +148,13 @@ def checked_plan(config: RegionConfig) -> RegionPlan:
     return region_plan
 
 
-def save_plan(plan: RegionPlan, work_dir: Path) -> None:
+def save_plan(plan: RegionPlan, work_dir: Location) -> None:
     """Keep the plan in the work folder: training and publishing read it from there."""
-    write_text(plan.model_dump_json(), work_dir / PLAN_FILE)
+    write_text(plan.model_dump_json(), join(work_dir, PLAN_FILE))
 
 
-def load_plan(work_dir: Path) -> RegionPlan:
-    return RegionPlan.model_validate_json((work_dir / PLAN_FILE).read_text())
+def load_plan(work_dir: Location) -> RegionPlan:
+    return RegionPlan.model_validate_json(read_text(join(work_dir, PLAN_FILE)))
 
 
 class PixelGrid(NamedTuple):

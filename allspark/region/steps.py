@@ -37,8 +37,8 @@ from shapely import box
 
 from allspark.core.publish import (copy_bundle, item_sources, mlm_fields, published, run_assets, write_geoparquet,
                                    write_stac_catalog)
-from allspark.core.atomic import published_set, write_json, write_text
-from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, save_bundle
+from allspark.core.atomic import is_complete, published_set, write_json, write_text
+from allspark.core.bundle import bundle_digest, check_checkpoint, load_bundle, local_bundle, save_bundle
 from allspark.core.location import Location, exists, join, parse_location, read_catalog
 from allspark.core.steps import Ingested, Log, Mapper, Predicted, Published, Trained, given_checkpoint, serial_map
 from allspark.core.storage import check_writable, content_digest, folder_lock, work_dir
@@ -51,6 +51,7 @@ from allspark.raster.scene import (
     Scene,
     scene_chunk,
     block_chips,
+    block_done,
     create_probabilities,
     open_scene,
     pending_blocks,
@@ -75,7 +76,6 @@ from allspark.region.read import (
     read_labels,
     save_plan,
 )
-from allspark.settings import work_root
 
 SCENE_STORE = "scene.zarr"
 MODEL_DIR = "model"
@@ -101,11 +101,12 @@ def storage_estimate(config: RegionConfig, plan: RegionPlan) -> int:
 def ingest(config: RegionConfig, log: Log = print) -> Ingested:
     """Search, check, and write the scene once to ``<work>/scene.zarr`` (kept when already complete)."""
     region_plan = checked_plan(config)
-    work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets())
+    work = work_dir(config.name, f"{config.fingerprint()}:{region_plan.digest()}", region_plan.local_assets(),
+                    root=config.work_location)
     check_writable(config.publish_location, work, min_free_bytes=storage_estimate(config, region_plan))
     save_plan(region_plan, work)
-    store = work / SCENE_STORE
-    if store.exists():
+    store = join(work, SCENE_STORE)
+    if is_complete(store):
         scene, _ = open_scene(store)
     else:
         raster = load_stack(
@@ -166,8 +167,8 @@ def train(config: RegionConfig, ingested: Ingested, log: Log = print) -> Trained
     else:
         label_files, labels_name = user_labels.files(), f"the labels {user_labels.path}"
         read = functools.partial(read_user_labels, user_labels, config.class_names)
-    directory = ingested.work_dir / model_dir(label_files)
-    if directory.exists():
+    directory = join(ingested.work_dir, model_dir(label_files))
+    if is_complete(directory):
         return given_checkpoint(directory)
     from allspark.model.model import AllSpark
     from allspark.model.training import seed_everything
@@ -211,7 +212,7 @@ def predict(config: RegionConfig, ingested: Ingested, trained: Trained, mapper: 
     them out as tasks on Dask).
     """
     scene, _ = open_scene(ingested.store)
-    store = ingested.work_dir / f"predictions-{bundle_digest(trained.checkpoint)}.zarr"
+    store = join(ingested.work_dir, f"predictions-{bundle_digest(trained.checkpoint)}.zarr")
     create_probabilities(store, scene, len(config.class_names))
     # largest first: the small edge blocks fill in at the end, so no worker waits long on the last one
     pending = sorted(pending_blocks(store, scene), key=_block_area, reverse=True)
@@ -228,7 +229,7 @@ def _block_area(window: Window) -> int:
     return (window["y"].stop - window["y"].start) * (window["x"].stop - window["x"].start)
 
 
-def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: int, overlap: int,
+def predict_block(scene_store: Location, predictions: Location, checkpoint: Location, size: int, overlap: int,
                   batch_size: int, window: Window) -> int:
     """Predict one block: cut the chips over it (block plus halo) in memory, blend, write; return chips predicted.
 
@@ -236,9 +237,14 @@ def predict_block(scene_store: Path, predictions: Path, checkpoint: Path, size: 
     does not depend on the blocks. Each chip whose origin lies in the block gets a row in the
     block's chip table: its class (argmax of its mean probability over pixels with data) and that
     probability as its score.
+
+    A block already done is left as it is (0 chips): Dask runs a task again when the worker that
+    held its result died, and a block must never be predicted twice.
     """
-    bundle = load_bundle(checkpoint, Normalizer)
     scene, dn = open_scene(scene_store)
+    if block_done(predictions, scene, window):
+        return 0
+    bundle = load_bundle(checkpoint, Normalizer)
     chips, rows, cols = block_chips(scene, dn, window, size, overlap)
     valid = np.isfinite(chips).any(axis=(1, 2, 3))
     probabilities = predict_chips(bundle.model, bundle.preprocessing, chips[valid],
@@ -347,14 +353,14 @@ def rgb_preview(scene: Scene, dn, max_pixels: int = 1024) -> np.ndarray | None:
     return np.nan_to_num(np.clip((rgb - lo) / np.where(hi > lo, hi - lo, 1), 0, 1)).transpose(1, 2, 0)
 
 
-def map_accuracy(classmap: Path, checkpoint: Path, class_names: list[str]) -> dict | None:
+def map_accuracy(classmap: Path, checkpoint: Location, class_names: list[str]) -> dict | None:
     """Score the published class map on the held-out pixels of training that it covers, if there are any.
 
     The pixels are found by position (their centres on the training grid), so a map of another
     area, e.g. an AOI mapped with a model fine-tuned on the whole catalog, is scored on the
     held-out pixels inside it; None when it covers none of them or has another CRS.
     """
-    holdout_file = Path(checkpoint) / HOLDOUT_FILE
+    holdout_file = local_bundle(checkpoint) / HOLDOUT_FILE
     if not holdout_file.exists():
         return None
     holdout = json.loads(holdout_file.read_text())
@@ -394,7 +400,7 @@ def _classes(config: RegionConfig) -> list[dict]:
     return [{"value": i + 1, "name": name, "description": name} for i, name in enumerate(config.class_names)]
 
 
-def _model_fields(config: RegionConfig, checkpoint: Path) -> dict:
+def _model_fields(config: RegionConfig, checkpoint: Location) -> dict:
     size, classes = config.chips.size, config.class_names
     return mlm_fields(
         checkpoint,
@@ -429,7 +435,7 @@ def run_lock(config: RegionConfig, on_wait: Callable[[str], None] | None = None)
     taken in this order, so runs cannot deadlock. Both are locks on this machine, also for outputs
     on object storage (see :func:`~allspark.core.storage.folder_lock`).
     """
-    with (folder_lock(work_root() / f"{config.name}-{config.fingerprint()}", on_wait),
+    with (folder_lock(join(config.work_location, f"{config.name}-{config.fingerprint()}"), on_wait),
           folder_lock(config.publish_location, on_wait)):
         yield
 
