@@ -25,12 +25,17 @@ ablation (4 benchmarks x 4 variants x 3 seeds) takes about 30 minutes on a quiet
     python -m bench.ablation --quick       # land cover only, 4 variants x 1 seed (~2 minutes)
     python -m bench.ablation --only eth prsa --seeds 0 1
 
-Benchmarks whose data (../shared/data) is missing are skipped and named in the notes.
+Benchmarks whose data (../shared/data) is missing are skipped and named in the notes. With
+``--only``, the other benchmarks' results of the previous ablation.json (same seeds and setting)
+are kept. Beside ablation.json, ``bench/results/headlines.json`` holds one record per benchmark
+and metric for scripts: AllSpark as it ships (c) over the seeds, the best simple baseline, the
+paper's figure and the budget (:func:`headlines`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench import eth, landcover, losloop, prsa
-from bench.common import environment, write_results
+from bench.common import RESULTS, environment, write_results
 
 IRRELEVANT_PROMPT = "Describe a recipe for pancakes."
 VARIANTS = {
@@ -68,6 +73,7 @@ class Benchmark:
 
     name: str
     title: str
+    split: str  # how the data is split for scoring, as bench/results/headlines.json names it
     budget: dict
     headline_budget: str
     metrics: tuple[Metric, ...]
@@ -168,6 +174,7 @@ BENCHMARKS = {
     "landcover": Benchmark(
         name="landcover",
         title="Land cover (Landsat 7 NC, whole polygons held out)",
+        split="whole label polygons held out",
         budget={"llm_layers": 4, "epochs": 3, "max_train_pixels": 600, "chip_size": 16},
         quick_budget={"llm_layers": 2, "epochs": 2, "max_train_pixels": 300, "chip_size": 16},
         headline_budget="bench.landcover: 4 LM layers, 6 epochs, every training pixel (~1,900)",
@@ -182,6 +189,7 @@ BENCHMARKS = {
     "eth": Benchmark(
         name="eth",
         title="ETH leave-one-scene-out, 8 -> 12 (metres)",
+        split="ETH scene held out (leave-one-scene-out), 8 -> 12 steps",
         budget={"train_windows": 3000, "epochs": 1, "llm_layers": 4, "learning_rate": 1e-3, "warmup_epochs": 0.2},
         headline_budget="bench.eth: 4 LM layers, 2 epochs over 12,000 windows",
         metrics=(Metric("min_ade", "ADE best-of-20", True), Metric("min_fde", "FDE best-of-20", True),
@@ -195,6 +203,7 @@ BENCHMARKS = {
     "prsa": Benchmark(
         name="prsa",
         title="PRSA Beijing PM2.5, random 40/60 (µg/m³)",
+        split="same-hour, random 40/60 rows",
         budget={"train_rows": 2000, "test_rows": 2000, "epochs": 1, "llm_layers": 2, "lr": 1e-3},
         headline_budget="bench.prsa (same-hour, random): 2 LM layers, 1 epoch, 4,000 training and 4,000 test rows",
         metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
@@ -207,6 +216,7 @@ BENCHMARKS = {
     "losloop": Benchmark(
         name="losloop",
         title="Los-loop week, 60 min ahead (mph)",
+        split="chronological 70/10/20, 60 min ahead",
         budget={"llm_layers": 2, "epochs": 2, "learning_rate": 1e-3, "warmup_epochs": 0.5, "window_stride": 4},
         headline_budget="bench.losloop: 2 LM layers, 3 epochs over every 3rd training window",
         metrics=(Metric("mae", "MAE 60 min", True, 2), Metric("rmse", "RMSE 60 min", True, 2),
@@ -305,7 +315,8 @@ def main() -> None:
     budgets = {name: (BENCHMARKS[name].quick_budget if args.quick and BENCHMARKS[name].quick_budget
                       else BENCHMARKS[name].budget) for name in names}
     total, count, started = len(names) * len(VARIANTS) * len(seeds), 0, time.perf_counter()
-    done, runs = {}, []
+    done, runs, kept_budgets = kept_results(names, seeds, args.quick)
+    written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
@@ -322,11 +333,52 @@ def main() -> None:
                       f"training {metrics['train_seconds']:.0f} s", flush=True)
         runs += bench_runs
         done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
-        write(done, runs, names, seeds, budgets, skipped, args.quick, time.perf_counter() - started)
+        write(done, runs, written_names, seeds, written_budgets, skipped, args.quick, time.perf_counter() - started,
+              kept=list(kept_budgets))
+
+
+def kept_results(names: list[str], seeds: list[int], quick: bool) -> tuple[dict, list[dict], dict]:
+    """The previous ablation.json's benchmarks that this run does not redo, when it ran the same seeds and setting:
+    their summaries and baselines, runs and budgets (so ``--only losloop`` updates Los-loop and keeps the rest)."""
+    path = RESULTS / "ablation.json"
+    if not path.is_file():
+        return {}, [], {}
+    previous = json.loads(path.read_text())
+    settings = previous.get("settings", {})
+    if settings.get("seeds") != seeds or settings.get("quick") != quick:
+        return {}, [], {}
+    others = [name for name in previous.get("summary", {}) if name not in names and name in BENCHMARKS]
+    done = {name: {"summary": previous["summary"][name], "baseline": previous["baselines"][name]} for name in others}
+    runs = [run for run in previous.get("runs", []) if run["benchmark"] in others]
+    return done, runs, {name: settings["budgets"][name] for name in others}
+
+
+def headlines(done: dict, runs: list[dict], budgets: dict) -> list[dict]:
+    """One record per benchmark and metric, for scripts: AllSpark as it ships (variant c) over the seeds, the best
+    simple baseline of the same data, the paper's figure (null where it has none) and the budget."""
+    records = []
+    for name, entry in done.items():
+        benchmark = BENCHMARKS[name]
+        for metric in benchmark.metrics:
+            shipped = {r["seed"]: r["metrics"][metric.key] for r in runs
+                       if r["benchmark"] == name and r["variant"] == "c_lm_adapters"}
+            stats = entry["summary"][metric.key]["c_lm_adapters"]
+            baseline, value = entry["baseline"][metric.key]
+            try:
+                paper = float(benchmark.paper[metric.key])
+            except ValueError:
+                paper = None
+            records.append({
+                "benchmark": name, "split": benchmark.split, "metric": metric.key,
+                "lower_is_better": metric.lower_is_better,
+                "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": shipped},
+                "baselines": {baseline: value}, "paper": paper, "settings": budgets[name],
+            })
+    return records
 
 
 def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict, skipped: list[str],
-          quick: bool, seconds: float) -> None:
+          quick: bool, seconds: float, kept: list[str] = ()) -> None:
     """Write ablation.json and .md with every benchmark finished so far (the file says which are missing)."""
     pending = [name for name in names if name not in done]
     readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])]
@@ -346,6 +398,9 @@ def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budg
     ]
     if skipped:
         notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")
+    if kept:
+        notes.append(f"Kept from the previous ablation run (not rerun this time): {', '.join(kept)}; the seconds "
+                     "count this run only.")
     if pending:
         notes.append(f"Not finished yet (partial file, written after each benchmark): {', '.join(pending)}.")
     result = {
@@ -365,6 +420,7 @@ def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budg
         "notes": notes,
         "headline": [f"Ablation: {line}" for line in readings],
     }
+    (RESULTS / "headlines.json").write_text(json.dumps(headlines(done, runs, budgets), indent=2) + "\n")
     table = table_lines(done, seeds) + ["", "Budgets: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in budgets[name].items()) for name in names) + "."]
     write_results("ablation", result, table)

@@ -9,8 +9,10 @@ The defaults fit about 10 minutes on a 2-core CPU: 2 SmolLM2 layers, encoder wid
 temporal and one spatial layer, 3 epochs at 1e-3 over every 3rd training window. ``--full`` is
 the paper's schedule (10 epochs at 8e-5, 2 warm-up) over every window, with STAEformer's encoder
 size (width 152, 3 + 3 layers) and all 30 SmolLM2 layers (the paper's LM is Vicuna-7B). The model
-learns the change from each sensor's last observed speed unless ``--absolute`` (STAEformer's
-absolute speeds; with the short CPU schedule it stays behind both baselines).
+sees each sensor's time-of-day profile (fitted on the training part) and learns the change from
+the decaying anomaly (:mod:`allspark.traffic.inputs`), which is scored beside it as a baseline of
+its own, unless ``--absolute`` (STAEformer's absolute speeds; with the short CPU schedule it stays
+behind both baselines).
 
     python -m bench.losloop [--llm-layers 2] [--epochs 3] [--window-stride 3] [--absolute] [--full]
     python -m bench.losloop --quick     # 1 epoch over every 6th training window (~1 min)
@@ -145,6 +147,9 @@ def main() -> None:
         "notes": [
             (f"60 min MAE: AllSpark {hour['allspark']['mae']:.2f} vs the best baseline "
              f"({best_baseline.replace('_', ' ')}) {hour[best_baseline]['mae']:.2f} ({gap:+.2f} mph)."),
+            *([f"What the learned model adds over its own reference (the decaying anomaly, "
+               f"{hour['decaying_anomaly']['mae']:.2f}): {hour['decaying_anomaly']['mae'] - hour['allspark']['mae']:+.2f} "
+               "mph of 60 min MAE."] if "decaying_anomaly" in hour else []),
             ("No paper figure on this data: the paper's METR-LA 60 min MAE 3.81 is on four months of 207 sensors, "
              "this is one week (a proxy, not comparable)."),
             (f"Budget: {depth} SmolLM2 layers, {config.train.epochs} epoch(s) over {trained['train_windows']} windows "
@@ -153,9 +158,11 @@ def main() -> None:
         ],
     }
     names = {"allspark": f"AllSpark graph (LM layers: {depth})", "last_value": "last value",
-             "historical_average": "historical average"}
+             "historical_average": "historical average",
+             "decaying_anomaly": "decaying anomaly (profile + fitted decay of the last deviation: the model's reference)"}
     horizons = ("15 min", "30 min", "60 min")
-    target = "learns the change from the last value" if config.model.predict_change else "learns absolute speeds"
+    target = ("learns the change from the decaying anomaly" if config.model.predict_change and config.model.use_profile
+              else "learns the change from the last value" if config.model.predict_change else "learns absolute speeds")
 
     def cell(scores: dict) -> str:
         return f"{scores['mae']:.2f} / {scores['rmse']:.2f} / {scores['mape']:.1f} %"

@@ -15,6 +15,8 @@ from pathlib import Path
 from bench.common import RESULTS
 
 OUTPUT = RESULTS.parent / "RESULTS.md"
+NOT_SECTIONS = ("suite", "headlines")
+"""Files in results/ that are not a benchmark's section: the suite's run list, the ablation's headline records."""
 ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "storage", "modalities", "eth", "prsa", "losloop", "ablation"]
 
 
@@ -41,7 +43,7 @@ def _section(name: str, result: dict, table: str) -> list[str]:
 
 def render(runs: list[dict] | None = None, total_seconds: float | None = None) -> Path:
     """Write bench/RESULTS.md (and results/suite.json for the run just made); return its path."""
-    names = ORDER + sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in ORDER and p.stem != "suite")
+    names = ORDER + sorted(p.stem for p in RESULTS.glob("*.json") if p.stem not in (*ORDER, *NOT_SECTIONS))
     loaded = {name: found for name in names if (found := _load(name)) is not None}
     suite_path = RESULTS / "suite.json"
     if runs is not None:

@@ -222,7 +222,7 @@ def test_baselines_on_a_tiny_synthetic_frame():
     scaling = GraphScaling(sensor_ids=["a", "b"], signal_mean=17.0, signal_std=5.0, location_centre=(0, 0),
                            location_scale=1, use_locations=False, predict_change=True)
     slot = np.arange(6) % 2  # two slots a "day"
-    windows = GraphWindows(speeds, slot, 2, np.zeros(6, int), None, scaling, input_steps=2, horizon=2)
+    windows = GraphWindows(speeds, slot, 2, np.zeros(6, int), None, None, scaling, input_steps=2, horizon=2)
     starts = np.array([0, 2])
     np.testing.assert_array_equal(windows.targets(starts)[0], [[12, 13], [22, 23]])
     # sensor b's last input is missing at window 0: its previous reading is held
@@ -232,6 +232,40 @@ def test_baselines_on_a_tiny_synthetic_frame():
     inputs = windows.inputs(starts)
     assert inputs["signals"].shape == (2, 2, 2, 1) and inputs["signals"][0, 1, 1, 0] == 0  # missing -> mean
     np.testing.assert_allclose(inputs["time_of_day"][0], [0, 0.5])
+
+
+def test_the_profile_anchors_persistence_and_shows_deviations():
+    """With a profile, the model's reference is the last deviation carried onto the profile of the target slots."""
+    speeds = np.array([[10.0, 20.0], [11.0, np.nan], [12.0, 22.0], [13.0, 23.0]], "float32")
+    profile = np.array([[10.0, 20.0], [14.0, 30.0]], "float32")  # slots 0 and 1
+    scaling = GraphScaling(sensor_ids=["a", "b"], signal_mean=17.0, signal_std=2.0, location_centre=(0, 0),
+                           location_scale=1, use_locations=False, predict_change=True, profile=profile.tolist())
+    slot = np.arange(4) % 2
+    windows = GraphWindows(speeds, slot, 2, np.zeros(4, int), None, profile, scaling, input_steps=2, horizon=2)
+    starts = np.array([0])
+    # issued at slot 1 (step 1): a is 11 against 14 (-3), b has no reading there, so its last one (20) is held
+    # and carried from slot 1's profile (30): targets at slots 0 and 1
+    np.testing.assert_array_equal(windows.reference(starts)[0], [[11 + 10 - 14, 11 + 14 - 14], [20 + 20 - 30, 20]])
+    signals = windows.inputs(starts)["signals"]
+    assert signals.shape == (1, 2, 2, 2)
+    np.testing.assert_allclose(signals[0, :, 0, 1], [0, (11 - 14) / 2])  # a's deviations from its profile
+    assert signals[0, 1, 1, 1] == 0  # missing -> no deviation
+
+
+def test_the_anomaly_decay_is_fitted_per_horizon_on_the_training_windows():
+    """Deviations from a flat profile that shrink by 0.8 a step (restarted by shocks) give decays 0.8 and 0.64."""
+    anomaly = []
+    for shock in (10.0, -6.0, 4.0, -12.0):
+        anomaly += [shock * 0.8**k for k in range(5)]
+    speeds = 50 + np.stack([anomaly, np.asarray(anomaly) / 2], axis=1).astype("float32")
+    profile = np.full((1, 2), 50.0, "float32")
+    scaling = GraphScaling(sensor_ids=["a", "b"], signal_mean=50.0, signal_std=5.0, location_centre=(0, 0),
+                           location_scale=1, use_locations=False, predict_change=True, profile=profile.tolist())
+    steps = len(speeds)
+    windows = GraphWindows(speeds, np.zeros(steps, int), 1, np.zeros(steps, int), None, profile, scaling,
+                           input_steps=1, horizon=2)
+    starts = np.array([start for block in range(4) for start in range(5 * block, 5 * block + 3)])  # within a shock
+    np.testing.assert_allclose(windows.fitted_anomaly_decay(starts), [0.8, 0.64], rtol=1e-5)
 
 
 # -- the flow on a real slice ---------------------------------------------------------------------

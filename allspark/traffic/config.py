@@ -32,9 +32,20 @@ class TrafficModelConfig(StrictModel):
                           "correction: a short CPU schedule cannot learn to copy the input); false: absolute speeds "
                           "as STAEformer does",
     )
+    use_profile: bool = Field(
+        True, description="give the model each sensor's time-of-day profile, fitted on the training part (what makes "
+                          "the historical average strong): its inputs carry each speed's deviation from the profile "
+                          "too, and with predict_change it learns the change from the last deviation carried onto "
+                          "the profile of the target times",
+    )
     num_queries: int = Field(16, ge=1)
     bridge_depth: int = Field(2, ge=1)
     bridge_heads: int = Field(8, ge=1)
+
+    @property
+    def in_features(self) -> int:
+        """Features per sensor and step: the speed, and its deviation from the profile when ``use_profile``."""
+        return 2 if self.use_profile else 1
 
     def allspark_config(self, num_nodes: int, horizon: int, step_minutes: int, language: LanguageModelSettings):
         """The model's :class:`~allspark.model.model.AllSparkConfig` for a graph of ``num_nodes`` sensors."""
@@ -43,7 +54,7 @@ class TrafficModelConfig(StrictModel):
         return AllSparkConfig(
             modality="graph",
             encoder={
-                "num_nodes": num_nodes, "in_features": 1, "time_of_day_slots": MINUTES_PER_DAY // step_minutes,
+                "num_nodes": num_nodes, "in_features": self.in_features, "time_of_day_slots": MINUTES_PER_DAY // step_minutes,
                 "width": self.width, "temporal_depth": self.temporal_depth, "spatial_depth": self.spatial_depth,
                 "heads": self.heads,
             },

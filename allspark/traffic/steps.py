@@ -134,7 +134,7 @@ def fit_model(config: TrafficConfig, graph: xr.Dataset, log: Log = print):
     train_steps = round(graph.sizes["time"] * config.split[0])
     if len(parts["train"]) == 0:
         raise NoDataError(f"{config.speeds}: the training part ({train_steps} steps) holds no full window")
-    scaling = GraphScaling.fit(graph, train_steps, config.model)
+    scaling = GraphScaling.fit(graph, train_steps, config)
     windows = GraphWindows.of(graph, scaling, config)
     model = AllSpark(config.model.allspark_config(graph.sizes["sensor"], config.horizon, config.step_minutes,
                                                   config.language))
@@ -247,12 +247,15 @@ def publish(config: TrafficConfig, ingested: Ingested, trained: Trained, predict
         inputs=[{
             "name": "sensor speeds",
             "bands": [],
-            "input": {"shape": [-1, config.input_steps, sensors, 1], "dim_order": ["batch", "time", "nodes", "features"],
+            "input": {"shape": [-1, config.input_steps, sensors, config.model.in_features],
+                      "dim_order": ["batch", "time", "nodes", "features"],
                       "data_type": "float32"},
         }],
         outputs=[{
-            "name": "speed change from the last observed speed (mph)" if config.model.predict_change
-                    else "speed forecast (mph)",
+            "name": ("speed change from the last deviation carried onto the sensor's time-of-day profile (mph)"
+                     if config.model.predict_change and config.model.use_profile
+                     else "speed change from the last observed speed (mph)" if config.model.predict_change
+                     else "speed forecast (mph)"),
             "tasks": ["regression"],
             "result": {"shape": [-1, sensors, horizon], "dim_order": ["batch", "nodes", "time"], "data_type": "float32"},
         }],
