@@ -34,6 +34,7 @@ from sklearn.ensemble import RandomForestClassifier
 from allspark.core.config import LanguageModelSettings
 from allspark.model import AllSpark, seed_everything
 from allspark.raster.scene import open_scene, read_values
+from allspark.raster.windows import Window
 from allspark.region import steps
 from allspark.region.config import RegionConfig
 from allspark.region.inputs import (
@@ -64,6 +65,7 @@ class LandCover:
     """The demo's labelled raster, the fixed split and the run settings."""
 
     config: RegionConfig
+    window: Window  # where ``image`` and ``labels`` lie on the scene grid
     image: np.ndarray  # (band, y, x), NaN = no data
     labels: np.ndarray  # (y, x), 1..K, 0 = unlabelled
     wavelengths: list[float]
@@ -88,7 +90,8 @@ def prepare(llm_layers: int | None, epochs: int, max_train_pixels: int | None, c
     window, labels = read_labels(label_href(label_item), scene, margin=config.chips.size)
     image = read_values(scene, dn, window)
     train, holdout, dropped = training_split(labels, image, len(config.class_names), config.train, SPLIT_SEED)
-    return LandCover(config, image, labels, [b.center_wavelength for b in scene.bands], train, holdout, dropped)
+    return LandCover(config, window, image, labels, [b.center_wavelength for b in scene.bands], train, holdout,
+                     dropped)
 
 
 def summary(metrics: dict) -> dict:
