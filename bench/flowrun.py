@@ -34,7 +34,7 @@ import psutil
 
 from allspark.core.location import Location, basename, exists, filesystem, glob, is_remote, remove
 from allspark.region.config import RegionConfig
-from bench.mosaic import CONFIG, window_aoi, year_range
+from bench.mosaic import CONFIG, build_mosaic, window_aoi, year_range
 from flows.serve import HOST, PREFECT, START_TIMEOUT, api_url, server_healthy
 
 DEMO_ROWS, DEMO_COLS = 443, 489
@@ -65,6 +65,20 @@ def checkpoint(model: dict, language: dict | None = None, log=lambda *_: None) -
     config = RegionConfig(name="bench-checkpoint", model=model, language=language or {}, train=TRAIN)
     ingested = steps.ingest(config, log=log)
     return steps.train(config, ingested, log=log).checkpoint
+
+
+def add_area_arguments(parser) -> None:
+    """``--quick`` and ``--size`` of the benchmarks that run the region flow over the mosaic at one area."""
+    parser.add_argument("--quick", action="store_true",
+                        help="1x the demo area, 1 LM layer instead of 2, chips without overlap")
+    parser.add_argument("--size", type=int, default=None, help="multiple of the demo area (default 4, quick 1)")
+
+
+def prepared_area(args) -> tuple[dict, int, Path]:
+    """The settings, area multiple and checkpoint of those options; the mosaic is built and the checkpoint made once."""
+    setting = SETTINGS["quick" if args.quick else "full"]
+    build_mosaic()
+    return setting, args.size or (1 if args.quick else 4), checkpoint(setting["model"], setting["language"])
 
 
 def mosaic_config(size: float, ckpt: Path, output_dir: Path, **changes) -> RegionConfig:

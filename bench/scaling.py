@@ -25,16 +25,15 @@ from dask.distributed import Client, LocalCluster
 
 from bench.common import environment, write_results
 from bench.flowrun import (
-    SETTINGS,
     TRAIN,
-    checkpoint,
+    add_area_arguments,
     mib,
     mosaic_config,
     prefect_server,
+    prepared_area,
     run_measured,
     step_cells,
 )
-from bench.mosaic import build_mosaic
 
 
 def run_on_cluster(workers: int, size: int, setting: dict, ckpt: Path, work: Path) -> dict:
@@ -53,15 +52,10 @@ def run_on_cluster(workers: int, size: int, setting: dict, ckpt: Path, work: Pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1x the demo area, 1 LM layer instead of 2, chips without overlap")
-    parser.add_argument("--size", type=int, default=None, help="multiple of the demo area (default 4, quick 1)")
+    add_area_arguments(parser)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    setting = SETTINGS["quick" if args.quick else "full"]
-    size = args.size or (1 if args.quick else 4)
-    build_mosaic()
-    ckpt = checkpoint(setting["model"], setting["language"])
+    setting, size, ckpt = prepared_area(args)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp, prefect_server(Path(tmp) / "server.log"):
         rows = [run_on_cluster(n, size, setting, ckpt, Path(tmp)) for n in args.workers]

@@ -24,8 +24,8 @@ import psutil
 from allspark.core.atomic import atomic_dir
 from allspark.core.location import upload_folder
 from bench.common import environment, write_results
-from bench.flowrun import SETTINGS, TRAIN, checkpoint, mib, mosaic_config, prefect_server, run_measured, step_cells
-from bench.mosaic import build_mosaic
+from bench.flowrun import (TRAIN, add_area_arguments, mib, mosaic_config, prefect_server, prepared_area, run_measured,
+                           step_cells)
 from flows.s3_server import local_s3_server
 
 BUCKET = "bench-storage"
@@ -47,13 +47,9 @@ def run_row(storage: str, config, work: Path, server: psutil.Process) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1x the demo area, 1 LM layer, chips without overlap")
-    parser.add_argument("--size", type=int, default=None, help="multiple of the demo area (default 4, quick 1)")
+    add_area_arguments(parser)
     args = parser.parse_args()
-    setting = SETTINGS["quick" if args.quick else "full"]
-    size = args.size or (1 if args.quick else 4)
-    build_mosaic()
-    ckpt = checkpoint(setting["model"], setting["language"])
+    setting, size, ckpt = prepared_area(args)
     load = os.getloadavg()
     with (tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp,
           prefect_server(Path(tmp) / "server.log"),
