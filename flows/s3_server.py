@@ -15,6 +15,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.s3_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeat for several)")
-    parser.add_argument("--log", type=Path, default=Path("s3-server.log"), help="moto's output (default: %(default)s)")
+    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "allspark-s3-server.log",
+                        help="moto's output (default: %(default)s)")
     args = parser.parse_args(argv)
     with local_s3_server(args.log, args.port) as (server, _):
         for bucket in args.bucket:
