@@ -21,7 +21,7 @@ from bench.report import render
 
 # In the order they run; the quick suite is the first part of the full one.
 QUICK = ["ingest", "inference", "memory", "scaling", "overhead", "landcover"]
-FULL = [*QUICK, "storage", "modalities", "eth", "prsa", "losloop", "ablation"]
+FULL = [*QUICK, "mapcost", "storage", "modalities", "eth", "prsa", "losloop", "ablation"]
 
 
 def run_suite(names: list[str], quick: bool) -> list[dict]:

@@ -6,7 +6,8 @@ For every pair of neighbouring pixels with data and different classes, the bound
 (the index of the second pixel, on the scene grid, where the chips start at 0) is taken modulo the
 stride; the share of boundaries at each offset, divided by the uniform share 1/stride, is 1.0
 everywhere for a map without a grid. Columns (boundaries between left and right neighbours) and
-rows are counted apart. Goal (issue 16): no offset above 1.2x.
+rows are counted apart (:func:`bench.landcover.offset_ratios`, which bench.mapcost reports per
+setting too). Goal (issue 16): no offset above 1.2x.
 
 The reference is a random forest on each pixel's band values (the land-cover benchmark's first
 baseline, trained on the same training pixels), which predicts every pixel on its own and so has
@@ -31,25 +32,6 @@ from bench.common import environment, write_results
 
 GOAL = 1.2
 DEFAULT_MAP = Path("outputs") / "demo" / "classmap.tif"
-
-
-def offset_ratios(classmap: np.ndarray, stride: int, origin: tuple[int, int] = (0, 0)) -> dict[str, list[float]]:
-    """Per axis, the share of class boundaries at each offset modulo ``stride`` over the uniform share.
-
-    ``classmap``: ``(y, x)`` class values, 0 = no data (pairs touching it are not boundaries);
-    ``origin``: the scene row and column of ``classmap[0, 0]``, so offsets are counted from the chips' origin.
-    """
-    valid = classmap > 0
-    ratios = {}
-    for axis, name in ((1, "columns"), (0, "rows")):
-        ahead = [slice(None), slice(None)]
-        behind = [slice(None), slice(None)]
-        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
-        boundary = (classmap[tuple(ahead)] != classmap[tuple(behind)]) & valid[tuple(ahead)] & valid[tuple(behind)]
-        positions = np.nonzero(boundary)[axis] + 1 + origin[axis]
-        counts = np.bincount(positions % stride, minlength=stride)
-        ratios[name] = (counts / max(counts.sum(), 1) * stride).round(3).tolist()
-    return ratios
 
 
 def forest_map(data: landcover.LandCover, seed: int = 0) -> np.ndarray:
@@ -80,7 +62,7 @@ def main() -> None:
     stride = settings.size - settings.overlap
     origin = (window["y"].start, window["x"].start)
     maps = {"AllSpark (published map)": published, "random forest, pixel bands": forest_map(data)}
-    rows = [{"map": name, "stride": stride, **offset_ratios(classmap, stride, origin)} for name, classmap in maps.items()]
+    rows = [{"map": name, "stride": stride, **landcover.offset_ratios(classmap, stride, origin)} for name, classmap in maps.items()]
     for row in rows:
         row["worst"] = max(max(row["columns"]), max(row["rows"]))
     allspark = rows[0]

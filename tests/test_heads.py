@@ -49,10 +49,13 @@ def test_trajectory_head_gives_k_futures_most_likely_first_and_trains_the_closes
 
 def test_dense_head_maps_patches_back_to_pixels_and_elements_to_values():
     pixels = build_head(HeadConfig(kind="dense_classification", num_classes=3), WIDTH, FEATURES)
-    grid_output = encoded(2, 6, dense=torch.randn(2, 6, FEATURES), grid=(2, 3), patch_size=4, size=(7, 10))
-    logits = pixels(torch.randn(2, 4, WIDTH), grid_output)
+    hidden, features = torch.randn(2, 4, WIDTH), torch.randn(2, 6, FEATURES)
+    logits = pixels(hidden, encoded(2, 6, dense=features, grid=(2, 3), patch_size=4, size=(7, 10)))
     assert logits.shape == (2, 3, 7, 10)
-    assert torch.equal(logits[..., 0, 0], logits[..., 3, 3])  # one answer per 4x4 patch
+    # One answer per patch, brought to pixels bilinearly (no step at patch edges), cropped to the input size.
+    per_patch = pixels(hidden, encoded(2, 6, dense=features, grid=(2, 3), patch_size=1, size=(2, 3)))
+    upsampled = torch.nn.functional.interpolate(per_patch, scale_factor=4, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, upsampled[..., :7, :10])
     target = torch.full((2, 7, 10), -1)
     target[:, 0, 0] = 1
     assert pixels.loss(logits, target) > 0  # only the labelled pixel counts; -1 is ignored
@@ -60,6 +63,18 @@ def test_dense_head_maps_patches_back_to_pixels_and_elements_to_values():
     nodes = build_head(HeadConfig(kind="dense_regression", outputs=12), WIDTH, FEATURES)
     values = nodes(torch.randn(2, 4, WIDTH), encoded(2, 5, dense=torch.randn(2, 5, FEATURES)))
     assert values.shape == (2, 5, 12) and nodes.postprocess(values).shape == (2, 5, 12)
+
+
+def test_each_element_reads_the_hidden_states_with_its_own_query():
+    """The context an element gets depends on the element: not one sample-wide term (the chip grid's cause)."""
+    head = build_head(HeadConfig(kind="dense_regression", outputs=3), WIDTH, FEATURES)
+    with torch.no_grad():
+        head.linear.weight[:, :FEATURES] = 0  # answers from the context alone
+    features = torch.randn(1, 5, FEATURES)
+    varied = head(torch.randn(1, 4, WIDTH), encoded(1, 5, dense=features))
+    assert not torch.allclose(varied[0, 0], varied[0, 1])
+    same_states = head(torch.randn(1, 1, WIDTH).expand(1, 4, WIDTH), encoded(1, 5, dense=features))
+    torch.testing.assert_close(same_states[0, 0], same_states[0, 1])  # nothing to choose between
 
 
 def test_language_head_scores_labelled_tokens_only():

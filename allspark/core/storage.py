@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from filelock import FileLock, Timeout
 
 from allspark.core.atomic import process_running
+from allspark.core.bundle import CHECKPOINT_FORMAT
 from allspark.core.location import Location, basename, check_storage, filesystem, is_remote, join
 from allspark.errors import StorageError
 from allspark.settings import cache_dir, work_root
@@ -58,9 +59,11 @@ def content_digest(paths: Iterable[Path]) -> str:
 
 def work_dir(name: str, fingerprint: str, inputs: Iterable[Path] = (), root: Location | None = None) -> Location:
     """The work folder of a run named ``name`` with config ``fingerprint`` over the files ``inputs``, under ``root``
-    (a folder or URL; the cache's work folder by default)."""
+    (a folder or URL; the cache's work folder by default). The checkpoint format is part of the key: a folder
+    holding a model of an older format is not resumed."""
     inputs = list(inputs)
-    key = fingerprint if not inputs else hashlib.sha256(f"{fingerprint}:{content_digest(inputs)}".encode()).hexdigest()[:16]
+    content = content_digest(inputs) if inputs else ""
+    key = hashlib.sha256(f"{CHECKPOINT_FORMAT}:{fingerprint}:{content}".encode()).hexdigest()[:16]
     return join(work_root() if root is None else root, f"{name}-{key}")
 
 

@@ -5,7 +5,7 @@ safetensors holds only tensors, and the config is plain JSON validated by pydant
 
 Layout of a checkpoint directory::
 
-    config.json        {"model_type": "allspark", "format_version": 2, "config": {...AllSparkConfig...}}
+    config.json        {"model_type": "allspark", "format_version": 3, "config": {...AllSparkConfig...}}
     model.safetensors  encoder.*, bridge.*, reader.adapters.*, head.* tensors (head buffers too:
                        the target scaling that un-scales regression outputs)
 """
@@ -20,12 +20,12 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from allspark.core.bundle import CHECKPOINT_FORMAT
 from allspark.model.model import AllSpark, AllSparkConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_TYPE = "allspark"
-FORMAT_VERSION = 2
 
 
 def save_checkpoint(model: AllSpark, directory: str | Path) -> Path:
@@ -34,7 +34,7 @@ def save_checkpoint(model: AllSpark, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.trainable_state_dict().items()}
     save_file(tensors, directory / WEIGHTS_FILE, metadata={"model_type": MODEL_TYPE})
-    document = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, "config": model.config.model_dump()}
+    document = {"model_type": MODEL_TYPE, "format_version": CHECKPOINT_FORMAT, "config": model.config.model_dump()}
     (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2) + "\n")
     return directory
 
@@ -57,8 +57,8 @@ def load_checkpoint(directory: str | Path, device: torch.device | str | None = N
         document = json.loads(config_path.read_text())
         if document.get("model_type") != MODEL_TYPE:
             raise ValueError(f"model_type is {document.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        if document.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"format_version is {document.get('format_version')!r}, expected {FORMAT_VERSION}")
+        if document.get("format_version") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format_version is {document.get('format_version')!r}, expected {CHECKPOINT_FORMAT}")
         config = AllSparkConfig.model_validate(document["config"])
     except (json.JSONDecodeError, KeyError, AttributeError, ValidationError, ValueError) as error:
         raise ValueError(f"invalid checkpoint config {config_path}: {error}") from error

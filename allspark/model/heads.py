@@ -4,7 +4,8 @@ AllSpark answers with one linear layer wherever it can: class logits for classif
 values plus *un-scaling* (the inverse of the target normalisation: buffers, not parameters) for
 regression; K candidate futures with probabilities for trajectories (as TUTR does, for best-of-K
 metrics); per-element answers for dense tasks (a class per pixel, a value per graph node, a depth
-per pixel) from each element's encoder feature and the LM's reading of the whole sample; and the
+per pixel) from each element's encoder feature and the part of the LM's reading of the sample
+that the element attends to; and the
 language model's own output layer for text and code.
 
 Every head maps ``hidden`` (``(B, Q, D)``, the LM's last hidden states at the modality positions)
@@ -29,6 +30,7 @@ HeadKind = Literal[
 ]
 IGNORE_INDEX = -1
 LANGUAGE_IGNORE_INDEX = -100  # Hugging Face's convention for label positions without a loss
+DENSE_ATTENTION_DIM = 64  # query and key width of the dense head's attention over the hidden states
 
 
 class HeadConfig(BaseModel):
@@ -207,13 +209,18 @@ class TrajectoryHead(Head):
 
 
 class DenseHead(Head):
-    """One linear layer over ``concat(element feature, mean hidden state)`` at every element.
+    """Every element answers from its own feature and from its reading of the LM's hidden states.
 
-    Elements are the encoder's ``dense`` features: image patches (answers are brought back to
-    pixels: nearest upsampling by the patch size, which commutes with a per-pixel linear map, then
-    cropped to the input size) or other elements such as graph nodes. The linear layer is split
-    along its input, so the sample part is computed once per sample and broadcast; the result is
-    the same single linear layer applied element by element.
+    Elements are the encoder's ``dense`` features: image patches or other elements such as graph
+    nodes. As in Perceiver IO's decoder, each element queries the LM's hidden states with its own
+    feature (one attention head), so the context it gets depends on what it is, not only on the
+    sample around it: a chip-wide context term, the same for all of a chip's pixels, decided the
+    pixels near chip borders and drew the chip grid into blended maps (issue 16). A residual MLP
+    over the feature lets an element's own values answer non-linearly. The answer is one linear
+    layer over ``concat(feature, attended hidden state)``, computed in its two parts.
+
+    Patch answers are brought back to pixels by bilinear upsampling (nearest upsampling put every
+    class boundary on a patch edge), then cropped to the input size.
 
     Output: ``(B, C, H, W)`` for patch grids, ``(B, N, C)`` otherwise (C classes or values).
     Classification ignores target ``-1``; regression ignores NaN targets and un-scales per channel.
@@ -223,6 +230,11 @@ class DenseHead(Head):
         super().__init__()
         self.kind = config.kind
         channels = config.num_classes if config.kind == "dense_classification" else config.outputs
+        self.feature_mlp = nn.Sequential(
+            nn.Linear(feature_dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim)
+        )
+        self.query = nn.Linear(feature_dim, DENSE_ATTENTION_DIM)
+        self.key = nn.Linear(width, DENSE_ATTENTION_DIM)
         self.linear = nn.Linear(feature_dim + width, channels)
         self.scaling = TargetScaling(channels) if config.kind == "dense_regression" else None
 
@@ -230,16 +242,26 @@ class DenseHead(Head):
         if encoded.dense is None:
             raise ValueError("a dense head needs an encoder that returns dense features")
         features = encoded.dense
+        features = features + self.feature_mlp(features)
+        hidden = hidden.to(features.dtype)
         weight_features, weight_context = self.linear.weight.split(
             [features.shape[-1], hidden.shape[-1]], dim=1
         )
-        context = F.linear(hidden.mean(dim=1), weight_context, self.linear.bias)
-        values = F.linear(features, weight_features.to(features.dtype)) + context[:, None].to(features.dtype)
+        # The linear layer's context part applied to each hidden state, then mixed per element by its attention.
+        answers_per_state = F.linear(hidden, weight_context.to(hidden.dtype))  # (B, Q, C)
+        scores = self.query(features) @ self.key(hidden).transpose(1, 2) / DENSE_ATTENTION_DIM**0.5  # (B, N, Q)
+        context = scores.softmax(dim=-1) @ answers_per_state
+        values = F.linear(features, weight_features.to(features.dtype), self.linear.bias) + context
         if encoded.grid is None:
             return values  # (B, N, C)
         values = values.transpose(1, 2).unflatten(2, encoded.grid)  # (B, C, gh, gw)
+        return self._to_pixels(values, encoded)
+
+    @staticmethod
+    def _to_pixels(values: torch.Tensor, encoded: EncoderOutput) -> torch.Tensor:
+        """Per-patch ``(B, C, gh, gw)`` answers upsampled bilinearly to pixels and cropped to the input size."""
         if encoded.patch_size > 1:
-            values = F.interpolate(values, scale_factor=encoded.patch_size, mode="nearest")
+            values = F.interpolate(values, scale_factor=encoded.patch_size, mode="bilinear", align_corners=False)
         if encoded.size is not None:
             values = values[..., : encoded.size[0], : encoded.size[1]]
         return values
@@ -263,19 +285,14 @@ class DenseHead(Head):
         return values.movedim(-1, 1) if output.ndim == 4 else values
 
     def example_target(self, output, encoded, inputs, generator):
-        """Per patch (then per pixel, constant within a patch) or per element: what one linear layer can fit."""
-        channels_last = self._channels_last(output)
-        coarse = channels_last.shape[:-1]
+        """Per element, or per patch brought to pixels as the head brings its answers: what the head can fit."""
+        channels = output.shape[1] if output.ndim == 4 else output.shape[-1]
         if output.ndim == 4:
-            coarse = (len(output), *encoded.grid)
+            values = self._to_pixels(torch.randn((len(output), channels, *encoded.grid), generator=generator), encoded)
+            return values.argmax(dim=1) if self.scaling is None else values.movedim(1, -1)
         if self.scaling is None:
-            target = torch.randint(channels_last.shape[-1], coarse, generator=generator)
-        else:
-            target = torch.randn((*coarse, channels_last.shape[-1]), generator=generator)
-        if output.ndim == 4:
-            p = encoded.patch_size
-            target = target.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, : output.shape[2], : output.shape[3]]
-        return target
+            return torch.randint(channels, output.shape[:-1], generator=generator)
+        return torch.randn(output.shape, generator=generator)
 
 
 class LanguageModelHead(Head):

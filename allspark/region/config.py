@@ -45,7 +45,8 @@ class ChipConfig(SettingsBlock):
     """How inference cuts chips from the scene (in pixels, by dimension name) and the blocks it works in."""
 
     size: int = Field(16, ge=4, description="Chip height and width in pixels.")
-    overlap: int = Field(8, ge=0, description="Pixels shared by neighbouring chips (blended with smooth weights).")
+    overlap: int = Field(12, ge=0, description="Pixels shared by neighbouring chips (blended with smooth weights); "
+                         "bench.mapcost measures the choice.")
     block: int = Field(256, ge=16, description="Side of the scene store's blocks: one inference task each.")
 
     @model_validator(mode="after")

@@ -162,12 +162,30 @@ def _check_pixel_split(pixels: LabelledPixels, fraction: float, labels_name: str
                          f"a stratified hold-out of {fraction} needs at least {classes} pixels on each side")
 
 
-def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int) -> np.ndarray:
-    """(n, size, size) targets around each training pixel: training labels, IGNORE_INDEX elsewhere."""
+def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int,
+                   centres: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(n, size, size) targets around each training pixel (or around ``centres``, rows and columns): training
+    labels, IGNORE_INDEX elsewhere."""
     target = np.full(shape, IGNORE_INDEX, dtype=np.int64)
     target[train.rows, train.cols] = train.classes
-    windows = centred_windows(target[None].astype("float64"), train.rows, train.cols, size)[:, 0]
+    rows, cols = centres if centres is not None else (train.rows, train.cols)
+    windows = centred_windows(target[None].astype("float64"), rows, cols, size)[:, 0]
     return np.nan_to_num(windows, nan=IGNORE_INDEX).astype(np.int64)
+
+
+def training_chip_centres(train: LabelledPixels, shape: tuple[int, int], size: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the training chips: each labelled pixel moved by up to a quarter chip in each direction (seeded).
+
+    A map is blended from chips at every offset, so every pixel is answered from near a chip's edge too;
+    chips centred on their labelled pixel taught the model mostly its centre, and pixels near chip edges
+    then followed each chip's context, which drew the chip grid into maps (issue 16).
+    """
+    reach = size // 4
+    rng = np.random.default_rng(seed)
+    rows = np.clip(train.rows + rng.integers(-reach, reach + 1, len(train)), 0, shape[0] - 1)
+    cols = np.clip(train.cols + rng.integers(-reach, reach + 1, len(train)), 0, shape[1] - 1)
+    return rows, cols
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
@@ -279,8 +297,9 @@ def fine_tune(
         log(f"warning: {labels_name}: {sum(outside.values())} labelled pixel(s) hold values outside the class list "
             f"(1..{len(class_names)}: {', '.join(class_names)}) and are left out: {_describe_values(outside)}")
     normalizer = Normalizer.fit(bands, image[:, train.rows, train.cols])
-    inputs, _ = normalizer.apply(centred_windows(image, train.rows, train.cols, chip_size))
-    targets = torch.from_numpy(target_windows(labels.shape, train, chip_size))
+    centres = training_chip_centres(train, labels.shape, chip_size, seed)
+    inputs, _ = normalizer.apply(centred_windows(image, *centres, chip_size))
+    targets = torch.from_numpy(target_windows(labels.shape, train, chip_size, centres))
     wl = torch.tensor(wavelengths, dtype=torch.float32)
 
     trainer = Trainer(model, config.schedule(), batches_per_epoch=math.ceil(len(train) / config.batch_size))

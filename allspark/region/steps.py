@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import geopandas as gpd
 import numpy as np
@@ -76,6 +77,11 @@ from allspark.region.read import (
     read_labels,
     save_plan,
 )
+
+if TYPE_CHECKING:
+    import zarr
+
+    from allspark.model.model import AllSpark
 
 SCENE_STORE = "scene.zarr"
 MODEL_DIR = "model"
@@ -245,23 +251,34 @@ def predict_block(scene_store: Location, predictions: Location, checkpoint: Loca
     if block_done(predictions, scene, window):
         return 0
     bundle = load_bundle(checkpoint, Normalizer)
-    chips, rows, cols = block_chips(scene, dn, window, size, overlap)
-    valid = np.isfinite(chips).any(axis=(1, 2, 3))
-    probabilities = predict_chips(bundle.model, bundle.preprocessing, chips[valid],
-                                  [b.center_wavelength for b in scene.bands], batch_size)
-    blended = blend(probabilities, rows[valid], cols[valid], window)
+    blended, probabilities, rows, cols = predict_window(bundle.model, bundle.preprocessing, scene, dn, window, size,
+                                                        overlap, batch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # pixels without data are NaN, as wanted
         mean = np.nanmean(probabilities, axis=(2, 3))
-    owned = ((rows[valid] >= window["y"].start) & (rows[valid] < window["y"].stop)
-             & (cols[valid] >= window["x"].start) & (cols[valid] < window["x"].stop))
+    owned = ((rows >= window["y"].start) & (rows < window["y"].stop)
+             & (cols >= window["x"].start) & (cols < window["x"].stop))
     table = pd.DataFrame({
-        "row": rows[valid][owned], "col": cols[valid][owned],
+        "row": rows[owned], "col": cols[owned],
         "class_index": np.nan_to_num(mean[owned], nan=-1).argmax(axis=1).astype("int16"),
         "score": np.nanmax(np.nan_to_num(mean[owned], nan=-1), axis=1).astype("float32"),
     })
     write_block(predictions, scene, window, blended, table)
-    return int(valid.sum())
+    return len(rows)
+
+
+def predict_window(model: AllSpark, normalizer: Normalizer, scene: Scene, dn: zarr.Array, window: Window, size: int, overlap: int,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Class probabilities of a scene window, as the map has them: the scene's chips over it, predicted and blended.
+
+    Returns the blended ``(class, y, x)`` probabilities (NaN without data) and the chips with data under them:
+    their ``(n, class, size, size)`` probabilities and scene origins ``rows``, ``cols``.
+    """
+    chips, rows, cols = block_chips(scene, dn, window, size, overlap)
+    valid = np.isfinite(chips).any(axis=(1, 2, 3))
+    probabilities = predict_chips(model, normalizer, chips[valid], [b.center_wavelength for b in scene.bands],
+                                  batch_size)
+    return blend(probabilities, rows[valid], cols[valid], window), probabilities, rows[valid], cols[valid]
 
 
 # -- publish --------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ embedding added to each view's tokens so the bridge knows which view a token com
 number of views may vary per batch, from 2 up to ``max_views``.
 
 Where we differ: the depth answer comes from the project's generic ``DenseHead`` (one linear layer
-over each reference-view patch feature and the language model's reading of all views), not from
-an Ada-MVS cost volume; ``dense`` holds the reference view's (view 0) patch tokens, which do not
-attend to the other views, so geometry across views reaches the depth map only through the
-language model's context. The paper reports that this modality is weak (PAG 6.4% at 0.6 m).
+over each reference-view patch feature and its attention over the language model's reading of
+all views), not from an Ada-MVS cost volume; ``dense`` holds the reference view's (view 0) patch
+tokens, which do not attend to the other views, so geometry across views reaches the depth map
+only through the language model's context. The paper reports that this modality is weak (PAG 6.4% at 0.6 m).
 """
 
 from __future__ import annotations
