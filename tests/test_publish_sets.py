@@ -125,3 +125,16 @@ def test_a_publish_killed_at_any_moment_shows_the_old_set_or_the_new_one(tmp_pat
         assert entry["after rerun"] == "new" and not entry["partial sets"], entry
     assert last["seen"] == "new"
     assert len(result["sets"]) == 2 and result["current"] == result["sets"][-1], "not the new and the previous set"
+
+
+def test_sets_published_to_a_relative_output_folder_hold_their_catalog(tmp_path, monkeypatch):
+    """`make demo` passes `--output-dir outputs`: a set staged in `runs/.<time>.partial` under a relative path
+    keeps its catalog (pystac dropped such a folder), and a second publish replaces the first cleanly."""
+    monkeypatch.chdir(tmp_path)
+    files = traffic_slice(tmp_path)
+    config = traffic_config(files, Path("outputs"))
+    for seed in (0, 1):
+        run_pipeline(steps, config.model_copy(update={"seed": seed}), log=lambda *_: None)
+        assert visible(config.publish_dir)["item config"]["seed"] == seed
+    runs = sorted(path.name for path in (config.publish_dir / RUNS).iterdir())
+    assert len(runs) == 2 and all((config.publish_dir / RUNS / run / "catalog.json").is_file() for run in runs)

@@ -183,7 +183,7 @@ def switched_folder(final: Path) -> Iterator[Path]:
             link.unlink()
     for old in runs.iterdir():
         if old.name not in (version, previous) and not old.name.startswith("."):
-            shutil.rmtree(old)
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
 
 
 def _replace_with_link(path: Path, target: str) -> None:

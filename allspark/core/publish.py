@@ -84,7 +84,9 @@ def write_stac_catalog(
         item.add_link(pystac.Link("derived_from", href, media_type=media_type, title=title))
     catalog = pystac.Catalog(id=f"allspark-{name}", description=f"AllSpark outputs: {name}")
     catalog.add_item(item)
-    catalog.normalize_hrefs(f"{folder}/")  # the slash: a folder name with a dot is not taken for a file
+    # Absolute, or pystac drops a relative folder whose name starts with a dot (a set being published,
+    # ``runs/.<time>.partial``, with ``--output-dir outputs``); the slash: a dotted name is not taken for a file.
+    catalog.normalize_hrefs(f"{Path(folder).absolute()}/")
     for asset in item.assets.values():
         asset.href = os.path.relpath(folder / asset.href, folder / item_id)
     catalog.save(pystac.CatalogType.SELF_CONTAINED)
