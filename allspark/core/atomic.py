@@ -183,7 +183,10 @@ def switched_folder(final: Path) -> Iterator[Path]:
             link.unlink()
     for old in runs.iterdir():
         if old.name not in (version, previous) and not old.name.startswith("."):
-            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()  # a file there: left by a publish before catalogs were written in the set
 
 
 def _replace_with_link(path: Path, target: str) -> None:
