@@ -287,7 +287,7 @@ def main() -> None:
              "(F1 '-' in the table)."),
             (f"Read off the map: the labelled window mapped as the region flow maps a block ({chips.size} px chips at "
              f"overlap {chips.overlap}, blended), scored at the same held-out pixels; "
-             f"{mapped['megapixels_per_second']:.3f} Mpx of finished map per second, "
+             f"{mapped['megapixels_per_second']:.4f} Mpx of finished map per second, "
              f"{mapped['lm_passes_per_pixel']:.1f} language-model passes per pixel, worst chip-grid offset "
              f"{mapped['grid_worst']:.2f}x uniform (bench.chipgrid)."),
             *unlike_their_class(data),
