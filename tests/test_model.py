@@ -26,6 +26,7 @@ from allspark.model import (
     save_checkpoint,
     select_prompt,
 )
+from allspark.model.heads import DENSE_ATTENTION_DIM
 from allspark.region.config import RegionModelConfig
 from tests.conftest import TEST_LLM_LAYERS
 
@@ -109,16 +110,17 @@ def test_generated_band_weights_are_reused_for_a_repeated_band_set(model):
     torch.testing.assert_close(after, before + 1.0)
 
 
-def test_dense_head_is_one_linear_layer_over_pixel_feature_and_context(model):
+def test_dense_head_is_one_linear_layer_over_each_patch_and_its_reading_of_the_hidden_states(model):
     x = torch.randn(2, 6, 8, 8)
+    head = model.head
     with torch.no_grad():
         logits = model(msi(x))
         encoded, hidden = model.encode(msi(x))
-        pixel_features = encoded.dense.transpose(1, 2).unflatten(2, encoded.grid)
-        pixel_features = pixel_features.repeat_interleave(2, 2).repeat_interleave(2, 3)
-        context = hidden.mean(dim=1)[:, :, None, None].expand(-1, -1, 8, 8)
-        per_pixel = torch.cat([pixel_features, context], dim=1)
-        expected = model.head.linear(per_pixel.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        features = encoded.dense + head.feature_mlp(encoded.dense)
+        attention = (head.query(features) @ head.key(hidden).transpose(1, 2) / DENSE_ATTENTION_DIM**0.5).softmax(-1)
+        per_patch = head.linear(torch.cat([features, attention @ hidden], dim=-1))  # (B, patches, classes)
+        per_patch = per_patch.transpose(1, 2).unflatten(2, encoded.grid)
+        expected = F.interpolate(per_patch, scale_factor=2, mode="bilinear", align_corners=False)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
 
 
