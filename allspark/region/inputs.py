@@ -163,13 +163,12 @@ def _check_pixel_split(pixels: LabelledPixels, fraction: float, labels_name: str
 
 
 def target_windows(shape: tuple[int, int], train: LabelledPixels, size: int,
-                   centres: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(n, size, size) targets around each training pixel (or around ``centres``, rows and columns): training
-    labels, IGNORE_INDEX elsewhere."""
+                   centres: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(n, size, size) targets of the training chips centred on ``centres`` (rows, columns): training labels,
+    IGNORE_INDEX elsewhere."""
     target = np.full(shape, IGNORE_INDEX, dtype=np.int64)
     target[train.rows, train.cols] = train.classes
-    rows, cols = centres if centres is not None else (train.rows, train.cols)
-    windows = centred_windows(target[None].astype("float64"), rows, cols, size)[:, 0]
+    windows = centred_windows(target[None].astype("float64"), *centres, size)[:, 0]
     return np.nan_to_num(windows, nan=IGNORE_INDEX).astype(np.int64)
 
 
