@@ -27,6 +27,16 @@ def test_regression_head_learns_in_normalised_units_and_answers_in_target_units(
     assert loss.item() == 0.0
 
 
+def test_regression_head_answers_from_the_encoder_tokens_and_from_the_hidden_states():
+    head = build_head(HeadConfig(kind="regression", outputs=2), WIDTH, FEATURES)
+    hidden, sample = torch.randn(3, 4, WIDTH), encoded(3)
+    answer = head(hidden, sample)
+    assert answer.shape == (3, 2)
+    # The row's own encoding reaches the answer without the LM, and the LM's reading adds to it.
+    assert not torch.allclose(answer, head(hidden, encoded(3)))
+    assert not torch.allclose(answer, head(torch.randn(3, 4, WIDTH), sample))
+
+
 def test_trajectory_head_gives_k_futures_most_likely_first_and_trains_the_closest():
     head = build_head(HeadConfig(kind="trajectory", horizon=12, modes=5), WIDTH, FEATURES)
     hidden = torch.randn(3, 4, WIDTH)

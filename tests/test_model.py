@@ -198,6 +198,26 @@ def test_training_is_deterministic_and_accumulation_matches_a_full_batch():
         torch.testing.assert_close(full[key], accumulated[key], atol=1e-4, rtol=1e-4)
 
 
+def test_early_stopping_keeps_the_weights_of_the_epoch_with_the_lowest_validation_figure():
+    x, labels = torch.randn(4, 6, 8, 8), torch.randint(0, 4, (4, 8, 8))
+    model = build_model()
+    trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=3), batches_per_epoch=1)
+    snapshots, figures = [], iter([0.5, 0.2, 0.9])  # epoch 2 validates best
+
+    def validate() -> dict:
+        snapshots.append({key: value.clone() for key, value in model.trainable_state_dict().items()})
+        return {"validation_loss": next(figures)}
+
+    history = trainer.fit(4, lambda batch: (msi(x[batch]), labels[batch]), 4, torch.Generator().manual_seed(0),
+                          log=lambda line: None, validate=validate, keep_best="validation_loss")
+    assert history["best_epoch"] == 2 and [e["validation_loss"] for e in history["epochs"]] == [0.5, 0.2, 0.9]
+    kept = model.trainable_state_dict()
+    assert all(torch.equal(kept[key], snapshots[1][key]) for key in kept)
+    assert any(not torch.equal(kept[key], snapshots[2][key]) for key in kept)
+    with pytest.raises(ValueError, match="needs a validate function"):
+        trainer.fit(4, lambda batch: (msi(x[batch]), labels[batch]), 4, torch.Generator(), keep_best="loss")
+
+
 def test_cosine_schedule_warms_up_then_decays():
     model = build_model()
     trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=10, warmup_epochs=2), batches_per_epoch=4)

@@ -216,6 +216,24 @@ def test_chronological_split_never_trains_on_a_later_hour_and_random_takes_its_s
     assert held_out.sum() == 40 and not held_out[100:].any()
 
 
+def test_the_rows_held_out_for_early_stopping_are_whole_days_or_a_seeded_draw_of_rows():
+    hours = pd.date_range("2014-01-01", periods=240, freq="h", tz="UTC")
+    frame = pd.DataFrame({"station": ["A"] * 240 + ["B"] * 240, "timestamp": hours.append(hours)})
+    rows = np.arange(0, 480, 2)
+    fitted, held_out = inputs.validation_rows(frame, rows, 0.2, "chronological", seed=0)
+    assert sorted([*fitted, *held_out]) == rows.tolist()
+
+    def days(part: np.ndarray) -> set:
+        return set(frame["timestamp"][part].dt.date)
+
+    assert len(days(held_out)) == 2 and not days(held_out) & days(fitted) and len(held_out) == 2 * 2 * 12
+    again = inputs.validation_rows(frame, rows, 0.2, "chronological", seed=0)[1]
+    assert np.array_equal(again, held_out)
+    drawn = inputs.validation_rows(frame, rows, 0.2, "random", seed=0)[1]
+    assert len(drawn) == 48 and set(drawn) <= set(rows) and len(days(drawn)) > 2
+    assert len(inputs.validation_rows(frame, rows, 0.0, "random", seed=0)[1]) == 0
+
+
 def test_metrics_leave_out_rows_without_an_observation():
     metrics = inputs.regression_metrics(np.array([1.0, np.nan, 3.0]), np.array([2.0, 100.0, 3.0]))
     assert metrics == {"rows": 2, "rmse": pytest.approx(np.sqrt(0.5)), "mae": 0.5, "r2": 0.5}
@@ -246,13 +264,19 @@ def test_flow_publishes_one_point_per_station_and_hour(first_run):
     assert table["PM2.5_predicted"].notna().all() and table["seen_station"].all()
     assert set(table["split"]) == {"train", "test"}
     assert table.loc[table["split"] == "train", "timestamp"].max() < table.loc[table["split"] == "test", "timestamp"].min()
-    assert table["trained_on"].sum() == 96 and (table.loc[table["trained_on"], "split"] == "train").all()
+    # 96 training rows drawn, those of a tenth of their days held out to keep the best epoch (never trained on).
+    tuning = json.loads(Path(published.paths["metrics"]).read_text())["fine_tuning"]
+    assert tuning["validation_rows"] > 0 and tuning["train_rows_used"] + tuning["validation_rows"] == 96
+    assert table["trained_on"].sum() == tuning["train_rows_used"]
+    assert (table.loc[table["trained_on"], "split"] == "train").all()
 
     metrics = json.loads(Path(published.paths["metrics"]).read_text())
     assert metrics == json.loads(json.dumps(dict(published.metrics), default=str))
     test = table[table["split"] == "test"]
     assert metrics["test"]["PM2.5"]["rows"] == test["PM2.5_observed"].notna().sum()
     assert metrics["test"]["PM2.5"]["rmse"] > 0 and metrics["fine_tuning"]["llm_layers"] == 1
+    assert tuning["best_epoch"] == 1 and len(tuning["epoch_validation_losses"]) == 1
+    assert tuning["epoch_validation_losses"][0] > 0
     assert metrics["ingest"]["missing_steps"] == 0 and "rows_without_target" in metrics["skipped"]
     compared = metrics["baselines"]["PM2.5"]
     assert compared["allspark"]["rows"] == compared["persistence"]["rows"] == compared["seasonal_mean"]["rows"] > 0

@@ -143,17 +143,29 @@ class ClassificationHead(Head):
 
 
 class RegressionHead(Head):
-    """Mean of the hidden states, one linear layer to ``outputs`` values, then un-scaling."""
+    """Values from the sample's own feature and the LM's reading of it, then un-scaling.
+
+    As in :class:`DenseHead`, one linear layer answers from ``concat(feature, mean hidden state)``:
+    the feature is the mean of the encoder's tokens through a residual MLP, so what the encoder
+    learned about the row reaches the answer directly, and the language model's reading adds to
+    it. Without that path every row had to pass through the bridge's few queries and the LM, and
+    the table model stayed far behind gradient-boosted trees on the same rows (issue 16).
+    """
 
     kind = "regression"
 
     def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
         super().__init__()
-        self.linear = nn.Linear(width, config.outputs)
+        self.feature_mlp = nn.Sequential(
+            nn.Linear(feature_dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim)
+        )
+        self.linear = nn.Linear(feature_dim + width, config.outputs)
         self.scaling = TargetScaling(config.outputs)
 
     def forward(self, hidden, encoded):
-        return self.linear(hidden.mean(dim=1))
+        feature = encoded.tokens.mean(dim=1)
+        feature = feature + self.feature_mlp(feature)
+        return self.linear(torch.cat([feature, hidden.mean(dim=1).to(feature.dtype)], dim=-1))
 
     def loss(self, output, target):
         return _masked_mse(output.float(), self.scaling.normalise(target.float()))

@@ -97,14 +97,22 @@ class Trainer:
         generator: torch.Generator,
         log: Callable[[str], None] = print,
         validate: Callable[[], Mapping[str, float | None]] | None = None,
+        keep_best: str | None = None,
     ) -> dict:
         """Run ``settings.epochs`` epochs over ``examples`` examples in a seeded random order.
 
         ``make_batch(indices)`` returns the inputs and target of those examples; ``validate()``,
-        if given, is called after every epoch and its figures join the epoch's record. Returns
-        ``{"epochs": [{"epoch", "loss", ...validation}], "seconds"}``; the loss is the mean over examples.
+        if given, is called after every epoch and its figures join the epoch's record. With
+        ``keep_best`` (one of those figures, lower is better), the model ends with the trained
+        weights of the epoch where it was lowest: early stopping on a validation split, which
+        never lets a late, overfitted epoch stand. Returns ``{"epochs": [{"epoch", "loss",
+        ...validation}], "seconds"}`` (and ``"best_epoch"`` with ``keep_best``); the loss is the
+        mean over examples.
         """
+        if keep_best is not None and validate is None:
+            raise ValueError(f"keep_best={keep_best!r} needs a validate function")
         history, started = [], time.perf_counter()
+        best_value, best_epoch, best_weights = math.inf, None, None
         for epoch in range(1, self.settings.epochs + 1):
             total = 0.0
             for batch in torch.randperm(examples, generator=generator).split(batch_size):
@@ -115,7 +123,14 @@ class Trainer:
             log(f"epoch {epoch}/{self.settings.epochs}: " + ", ".join(
                 f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
                 for key, value in record.items() if key != "epoch"))
-        return {"epochs": history, "seconds": round(time.perf_counter() - started, 1)}
+            if keep_best is not None and record[keep_best] is not None and record[keep_best] < best_value:
+                best_value, best_epoch = record[keep_best], epoch
+                best_weights = {key: value.clone() for key, value in self.model.trainable_state_dict().items()}
+        if best_weights is not None and best_epoch != self.settings.epochs:
+            self.model.load_state_dict(best_weights, strict=False)
+            log(f"kept epoch {best_epoch} (lowest {keep_best})")
+        kept = {"best_epoch": best_epoch} if keep_best is not None else {}
+        return {"epochs": history, "seconds": round(time.perf_counter() - started, 1), **kept}
 
     def finish_epoch(self) -> None:
         """End an epoch: apply gradients left over when its micro-batches do not fill the last step."""

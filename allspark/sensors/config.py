@@ -32,7 +32,9 @@ class SensorModelConfig(SettingsBlock):
 
     width: int = Field(64, ge=4, description="column token width of the table encoder")
     depth: int = Field(1, ge=0, description="Transformer layers over the column tokens (paper: 1)")
-    num_queries: int = Field(8, ge=1, description="bridge queries the LM reads per row")
+    num_queries: int = Field(4, ge=1, description="bridge queries the LM reads per row (8, with 2 bridge blocks: "
+                                                  "2.4x the training time)")
+    bridge_depth: int = Field(1, ge=1, description="the bridge's cross-attention blocks")
     use_location: bool = Field(True, description="describe each station by its longitude, latitude and attributes")
     use_station_id: bool = Field(True, description="also give the model each training station's id embedding")
     station_id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training rows shown without their id")
@@ -55,7 +57,7 @@ class SensorModelConfig(SettingsBlock):
             modality="table",
             encoder={"continuous_columns": continuous, "categorical_cardinalities": cardinalities,
                      "width": self.width, "depth": self.depth},
-            bridge={"num_queries": self.num_queries},
+            bridge={"num_queries": self.num_queries, "depth": self.bridge_depth},
             head={"kind": "regression", "outputs": len(targets)},
             class_names=tuple(targets),
             **language.allspark_fields(),
@@ -68,6 +70,10 @@ class SensorsTrainSettings(TrainSettings):
     max_train_rows: int | None = Field(
         4000, ge=1, description="random subsample of the training rows (seeded); None = every training row"
     )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of those rows held out to keep the best epoch (early stopping): "
+                                     "a seeded draw of whole days with a chronological split, of rows with a random "
+                                     "one; 0 = train on all and keep the last epoch")
 
 
 class SensorsConfig(ModelRunConfig):

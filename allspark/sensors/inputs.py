@@ -188,6 +188,29 @@ def training_rows(frame: pd.DataFrame, targets: Sequence[str], is_train: np.ndar
     return rows
 
 
+def validation_rows(frame: pd.DataFrame, rows: np.ndarray, fraction: float, rule: str,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` parted into those fitted and those held out to pick the best epoch (about ``fraction`` of them).
+
+    A seeded draw: of rows with a ``random`` split, as its test rows are drawn; of whole days
+    with a ``chronological`` one, so that no held-out hour has its neighbouring hours in the
+    fitted rows. Not the latest days: on PRSA those are one season, whose loss rose after the
+    first epoch while the later years' fell (45.4 against 38.9 RMSE, issue 16).
+    """
+    held = round(fraction * len(rows))
+    if held == 0:
+        return rows, rows[:0]
+    generator = np.random.default_rng(seed + 1)
+    if rule == "chronological":
+        days = frame[TIMESTAMP].to_numpy()[rows].astype("datetime64[D]")
+        every_day = np.unique(days)
+        validation = np.isin(days, generator.choice(every_day, max(1, round(fraction * len(every_day))), replace=False))
+    else:
+        validation = np.zeros(len(rows), dtype=bool)
+        validation[generator.choice(len(rows), held, replace=False)] = True
+    return rows[~validation], rows[validation]
+
+
 def regression_metrics(observations: np.ndarray, predicted: np.ndarray) -> dict:
     """RMSE, MAE and R2 over rows with an observation and a prediction (NaN in either is left out)."""
     known = np.isfinite(observations) & np.isfinite(predicted)
@@ -228,33 +251,50 @@ def seasonal_mean(frame: pd.DataFrame, is_train: np.ndarray, preprocessing: Sens
 
 def fit_table_model(model_config: SensorModelConfig, language: LanguageModelSettings, train: SensorsTrainSettings,
                     frame: pd.DataFrame, places: pd.DataFrame, rows: np.ndarray, preprocessing: SensorPreprocessing,
-                    seed: int, log: Log = print):
+                    rule: str, seed: int, log: Log = print):
     """Build AllSpark's table model and fine-tune it on ``frame.iloc[rows]``; return it and a summary.
 
-    The inputs are built from every row of ``frame`` (a row's history is in other rows), then the
-    training ``rows`` taken.
+    ``train.validation_fraction`` of the ``rows`` are held out (:func:`validation_rows`, by the
+    split ``rule``) and the epoch with the lowest loss on them is kept. The inputs are built
+    from every row of ``frame`` (a row's history is in other rows), then the rows taken.
     """
     from allspark.model import AllSpark, Trainer, seed_everything
 
     generator = seed_everything(seed)
     model = AllSpark(model_config.allspark_config(language, len(preprocessing.continuous_inputs()),
                                                   preprocessing.cardinalities(), preprocessing.targets))
-    inputs = {name: value[rows] for name, value in preprocessing.inputs(frame, places).items()}  # lags need every row
+    fitted, held_out = validation_rows(frame, rows, train.validation_fraction, rule, seed)
+    every_row = preprocessing.inputs(frame, places)  # lags need every row
+    inputs = {name: value[fitted] for name, value in every_row.items()}
     if preprocessing.use_station_id and model_config.station_id_dropout:
-        hidden = np.random.default_rng(seed).random(len(rows)) < model_config.station_id_dropout
+        hidden = np.random.default_rng(seed).random(len(fitted)) < model_config.station_id_dropout
         inputs["categorical"][torch.from_numpy(hidden), 0] = MISSING_CATEGORY
-    answers = frame[preprocessing.targets].to_numpy("float64") - preprocessing.base(frame)
-    targets = torch.tensor(answers[rows], dtype=torch.float32)
+    answers = torch.tensor(frame[preprocessing.targets].to_numpy("float64") - preprocessing.base(frame),
+                           dtype=torch.float32)
+    targets = answers[fitted]
     model.head.scaling.fit(targets)
-    batches = math.ceil(len(rows) / train.batch_size)
+
+    def validate() -> dict:
+        """The training loss (mean squared error in normalised units) on the held-out rows."""
+        predicted = torch.cat([model.predict({name: value[held_out[start : start + train.batch_size]]
+                                              for name, value in every_row.items()}).cpu()
+                               for start in range(0, len(held_out), train.batch_size)])
+        error = (predicted - answers[held_out]) / model.head.scaling.std
+        return {"validation_loss": float(error[torch.isfinite(error)].square().mean())}
+
+    batches = math.ceil(len(fitted) / train.batch_size)
     history = Trainer(model, train.schedule(), batches).fit(
-        len(rows), lambda batch: ({name: value[batch] for name, value in inputs.items()}, targets[batch]),
-        train.batch_size, generator, log,
+        len(fitted), lambda batch: ({name: value[batch] for name, value in inputs.items()}, targets[batch]),
+        train.batch_size, generator, log, **({"validate": validate, "keep_best": "validation_loss"}
+                                             if len(held_out) else {}),
     )
     return model, {
-        "train_rows_used": len(rows),
+        "train_rows_used": len(fitted),
+        "validation_rows": len(held_out),
         "epochs": train.epochs,
         "epoch_losses": [epoch["loss"] for epoch in history["epochs"]],
+        "epoch_validation_losses": [epoch.get("validation_loss") for epoch in history["epochs"]],
+        "best_epoch": history.get("best_epoch", train.epochs),
         "train_seconds": history["seconds"],
         "llm_layers": language.layers,
     }

@@ -52,6 +52,7 @@ from allspark.sensors.inputs import (
     seasonal_mean,
     split_rows,
     training_rows,
+    validation_rows,
     with_forecast_rows,
 )
 from allspark.sensors.read import read_observations
@@ -122,7 +123,7 @@ def train(config: SensorsConfig, ingested: Ingested, log: Log = print) -> Traine
         raise TableError(f"the {config.split} training split has no row with an observed {' or '.join(targets)}")
     preprocessing = SensorPreprocessing.fit(config, frame, places, is_train)
     model, metrics = fit_table_model(config.model, config.language, config.train, frame, places, rows, preprocessing,
-                                     config.seed, log)
+                                     config.split, config.seed, log)
     metrics["train_rows_available"] = int((is_train & observed(frame, targets)).sum())
     save_bundle(directory, model, preprocessing, config, metrics)
     return Trained(checkpoint=directory, metrics=metrics)
@@ -195,7 +196,8 @@ def publish(config: SensorsConfig, ingested: Ingested, trained: Trained, predict
     split = np.concatenate([np.where(is_train, "train", "test"), np.full(ahead, "forecast")])
     trained_on = np.zeros(len(rows), dtype=bool)
     if config.fine_tunes:
-        trained_on[training_rows(frame, config.table.targets, is_train, config.train.max_train_rows, config.seed)] = True
+        drawn = training_rows(frame, config.table.targets, is_train, config.train.max_train_rows, config.seed)
+        trained_on[validation_rows(frame, drawn, config.train.validation_fraction, config.split, config.seed)[0]] = True
     table = prediction_frame(rows, predictions, split, trained_on, places, preprocessing)
     record = _ingest_record(ingested.store)
     metrics = {
