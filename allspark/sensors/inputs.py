@@ -202,7 +202,7 @@ def validation_rows(frame: pd.DataFrame, rows: np.ndarray, fraction: float, rule
         return rows, rows[:0]
     generator = np.random.default_rng(seed + 1)
     if rule == "chronological":
-        days = frame[TIMESTAMP].to_numpy()[rows].astype("datetime64[D]")
+        days = frame[TIMESTAMP].values[rows].astype("datetime64[D]")  # UTC days (tz-aware or naive)
         every_day = np.unique(days)
         validation = np.isin(days, generator.choice(every_day, max(1, round(fraction * len(every_day))), replace=False))
     else:
