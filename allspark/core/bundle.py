@@ -47,8 +47,8 @@ METRICS_FILE = "training_metrics.json"
 SETTINGS_BLOCKS = ("model", "language")
 """The run config's blocks that size the model: a checkpoint records them, a run applying it takes them."""
 # The checkpoint format (allspark.model.checkpoint), raised whenever saved weights stop fitting the model code
-# (3: the dense head attends to the hidden states; 4: the regression head reads the encoder too). Work folders are keyed by it too, so a run never resumes
-# with a model this code cannot load.
+# (3: the dense head attends to the hidden states; 4: the regression head reads the encoder too). Work folders
+# are keyed by it too, so a run never resumes with a model this code cannot load.
 CHECKPOINT_FORMAT = 4
 
 Preprocessing = TypeVar("Preprocessing", bound=BaseModel)
