@@ -120,6 +120,11 @@ def _masked_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(prediction[finite], target[finite])
 
 
+def _feature_mlp(feature_dim: int) -> nn.Sequential:
+    """The MLP a head adds to an encoder feature (residually), so the feature can answer non-linearly."""
+    return nn.Sequential(nn.Linear(feature_dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim))
+
+
 class ClassificationHead(Head):
     """Mean of the hidden states, then one linear layer to class logits ``(B, num_classes)``."""
 
@@ -156,9 +161,7 @@ class RegressionHead(Head):
 
     def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
         super().__init__()
-        self.feature_mlp = nn.Sequential(
-            nn.Linear(feature_dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim)
-        )
+        self.feature_mlp = _feature_mlp(feature_dim)
         self.linear = nn.Linear(feature_dim + width, config.outputs)
         self.scaling = TargetScaling(config.outputs)
 
@@ -242,9 +245,7 @@ class DenseHead(Head):
         super().__init__()
         self.kind = config.kind
         channels = config.num_classes if config.kind == "dense_classification" else config.outputs
-        self.feature_mlp = nn.Sequential(
-            nn.Linear(feature_dim, 2 * feature_dim), nn.GELU(), nn.Linear(2 * feature_dim, feature_dim)
-        )
+        self.feature_mlp = _feature_mlp(feature_dim)
         self.query = nn.Linear(feature_dim, DENSE_ATTENTION_DIM)
         self.key = nn.Linear(width, DENSE_ATTENTION_DIM)
         self.linear = nn.Linear(feature_dim + width, channels)
