@@ -141,7 +141,8 @@ def main() -> None:
         "config": config.model_dump(mode="json", include={"start", "split", "model", "language", "train", "seed"}),
         "data": dict(ingested.summary) | {"test_windows": inferred["test_windows"]},
         "llm_layers": depth,
-        "training": {key: trained[key] for key in ("epochs", "train_windows", "validation_windows", "training_seconds")},
+        "training": {key: trained[key] for key in ("epochs", "best_epoch", "train_windows", "validation_windows",
+                                                   "training_seconds")},
         "inference_seconds": inferred["inference_seconds"],
         "metrics": metrics,
         "notes": [

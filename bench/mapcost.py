@@ -27,9 +27,12 @@ from bench import landcover
 from bench.chipgrid import GOAL
 from bench.common import environment, write_results
 
-# (patch size, chip size): the overlaps each trained model maps at.
-SETTINGS = {(2, 16): [8, 12], (1, 16): [8, 12]}
-QUICK_SETTINGS = {(2, 16): [8], (1, 16): [8]}
+# (patch size, chip size): the overlaps each trained model maps at. Odd and even strides (16 - overlap) side by
+# side: with 2 px patches an even stride puts every chip's patch edges on the same pixel parity, and the map's class
+# boundaries follow it (2026-12-05, overlap 12: 1.25x at even offsets). Patch 1 (measured then: overlap 8 and 12,
+# OA off the map 0.764 and 0.800, grid 1.28x and 1.03x) is no longer run: 3.7 points of accuracy below patch 2.
+SETTINGS = {(2, 16): [8, 10, 11, 12]}
+QUICK_SETTINGS = {(2, 16): [8, 11]}
 
 
 def main() -> None:

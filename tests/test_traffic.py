@@ -297,6 +297,8 @@ def test_flow_publishes_one_point_per_sensor_and_horizon(first_run):
     assert metrics == json.loads(json.dumps(published.metrics))
     assert metrics["data"]["sensors"] == SENSORS and metrics["data"]["missing_speeds"] == 1
     assert metrics["fine_tuning"]["llm_layers"] == 1
+    validation = [epoch["validation_mae"] for epoch in metrics["fine_tuning"]["epochs"]]
+    assert metrics["fine_tuning"]["best_epoch"] == 1 + validation.index(min(validation))  # early stopping
     for method in ("allspark", "last_value", "historical_average"):
         assert set(metrics["test"][method]) == {"15 min", "30 min", "60 min", "all horizons"}
         assert metrics["test"][method]["60 min"]["mae"] > 0

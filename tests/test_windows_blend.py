@@ -104,7 +104,7 @@ def test_cut_chips_are_the_pixels_at_their_origins_and_nodata_stays_nan():
 
 
 @pytest.mark.parametrize("size,overlap,block_y,block_x", [(16, 4, 7, 11), (12, 6, 64, 64), (8, 0, 5, 9),
-                                                          (16, 8, 16, 16)])
+                                                          (16, 8, 16, 16), (16, 11, 23, 17)])  # last: the default
 def test_blending_by_blocks_equals_a_whole_image_run(size, overlap, block_y, block_x):
     pixels = make_pixels()
     whole = pixelwise(pixels[None])[0]

@@ -45,8 +45,9 @@ class ChipConfig(SettingsBlock):
     """How inference cuts chips from the scene (in pixels, by dimension name) and the blocks it works in."""
 
     size: int = Field(16, ge=4, description="Chip height and width in pixels.")
-    overlap: int = Field(12, ge=0, description="Pixels shared by neighbouring chips (blended with smooth weights); "
-                         "bench.mapcost measures the choice.")
+    overlap: int = Field(11, ge=0, description="Pixels shared by neighbouring chips (blended with smooth weights). "
+                         "An odd stride (size - overlap) with 2 px patches mixes the patch phases of the chips "
+                         "blended at each pixel, so no patch grid shows; bench.mapcost measures the choice.")
     block: int = Field(256, ge=16, description="Side of the scene store's blocks: one inference task each.")
 
     @model_validator(mode="after")

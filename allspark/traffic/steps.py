@@ -124,7 +124,11 @@ def train(config: TrafficConfig, ingested: Ingested, log: Log = print) -> Traine
 
 
 def fit_model(config: TrafficConfig, graph: xr.Dataset, log: Log = print):
-    """Fine-tune a fresh AllSpark graph model on the training windows; return it, its scaling and its metrics."""
+    """Fine-tune a fresh AllSpark graph model on the training windows; return it, its scaling and its metrics.
+
+    The weights kept are those of the epoch with the lowest MAE on the validation windows (the
+    part of the series between training and test), not necessarily the last epoch's.
+    """
     from allspark.model.model import AllSpark
     from allspark.model.training import Trainer, seed_everything
 
@@ -151,10 +155,12 @@ def fit_model(config: TrafficConfig, graph: xr.Dataset, log: Log = print):
         return {"validation_mae": scores["all horizons"]["mae"]}
 
     trainer = Trainer(model, settings.schedule(), batches_per_epoch=-(-len(train_starts) // settings.batch_size))
-    history = trainer.fit(len(train_starts), batch, settings.batch_size, generator, log, validate)
+    history = trainer.fit(len(train_starts), batch, settings.batch_size, generator, log, validate,
+                          keep_best="validation_mae")
     return model, scaling, {
         "llm_layers": config.language.layers,
         "epochs": history["epochs"],
+        "best_epoch": history["best_epoch"],
         "train_windows": len(train_starts),
         "validation_windows": len(parts["validation"]),
         "training_seconds": history["seconds"],
