@@ -274,11 +274,11 @@ def fit_table_model(model_config: SensorModelConfig, language: LanguageModelSett
     targets = answers[fitted]
     model.head.scaling.fit(targets)
 
+    held_out_inputs = {name: value[held_out] for name, value in every_row.items()}
+
     def validate() -> dict:
         """The training loss (mean squared error in normalised units) on the held-out rows."""
-        predicted = torch.cat([model.predict({name: value[held_out[start : start + train.batch_size]]
-                                              for name, value in every_row.items()}).cpu()
-                               for start in range(0, len(held_out), train.batch_size)])
+        predicted = predict_in_batches(model, held_out_inputs, train.batch_size)
         error = (predicted - answers[held_out]) / model.head.scaling.std
         return {"validation_loss": float(error[torch.isfinite(error)].square().mean())}
 
@@ -311,10 +311,16 @@ def predict_targets(model, preprocessing: SensorPreprocessing, frame: pd.DataFra
     base = preprocessing.base(frame)
     if rows is not None:
         inputs, base = {name: value[rows] for name, value in inputs.items()}, base[rows]
-    out = [model.predict({name: value[start : start + batch_size] for name, value in inputs.items()}).cpu()
-           for start in range(0, len(base), batch_size)]
-    predicted = torch.cat(out).numpy().astype("float64") if out else np.zeros((0, len(preprocessing.targets)))
-    return predicted + base
+    if not len(base):
+        return np.zeros((0, len(preprocessing.targets)))
+    return predict_in_batches(model, inputs, batch_size).numpy().astype("float64") + base
+
+
+def predict_in_batches(model, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    """The model's predictions for the rows of ``inputs`` (at least one), ``batch_size`` rows at a time, on the CPU."""
+    rows = len(next(iter(inputs.values())))
+    return torch.cat([model.predict({name: value[start : start + batch_size] for name, value in inputs.items()}).cpu()
+                      for start in range(0, rows, batch_size)])
 
 
 def prediction_frame(frame: pd.DataFrame, predicted: np.ndarray, split: np.ndarray, trained_on: np.ndarray,
