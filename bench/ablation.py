@@ -18,18 +18,24 @@ training time. Only data is shared between runs (the read raster, the ingested w
 split), never a model or a checkpoint. The held-out data is fixed across seeds; ETH's training
 subsample follows the seed (the trajectories flow draws it from the run seed), the others' does not.
 
-The budgets are smaller than the headline benchmarks' (see :data:`BUDGETS`), so that the whole
-ablation (4 benchmarks x 4 variants x 3 seeds) takes about 30 minutes on a quiet 2-core CPU:
+By default the budgets are smaller than the headline benchmarks' (each :class:`Benchmark`'s
+``budget``), so that the whole ablation (4 benchmarks x 4 variants x 3 seeds) takes about 30
+minutes on a quiet 2-core CPU. ``--headline`` runs each benchmark at its headline budget instead
+(the standalone benchmark's defaults, ``Benchmark.headline``) and writes ablation_headline.json;
+with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
+where the whole ablation would take hours (ETH: 12 runs of 13 minutes)::
 
     python -m bench.ablation               # everything; results written after each benchmark
     python -m bench.ablation --quick       # land cover only, 4 variants x 1 seed (~2 minutes)
     python -m bench.ablation --only eth prsa --seeds 0 1
+    python -m bench.ablation --headline --only losloop landcover
+    python -m bench.ablation --headline --only eth prsa --variants c_lm_adapters
 
 Benchmarks whose data (../shared/data) is missing are skipped and named in the notes. With
-``--only``, the other benchmarks' results of the previous ablation.json (same seeds and setting)
-are kept. Beside ablation.json, ``bench/results/headlines.json`` holds one record per benchmark
-and metric for scripts: AllSpark as it ships (c) over the seeds, the best simple baseline, the
-paper's figure and the budget (:func:`headlines`).
+``--only``, the other benchmarks' results of the previous run at the same budget (same seeds and
+setting) are kept. ``bench/results/headlines.json`` holds one record per benchmark and metric for
+scripts: AllSpark as it ships (c) over the seeds, the best simple baseline, the paper's figure and
+the budget (:func:`headlines`), at the headline budget where that has run, else at the ablation's.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -74,8 +81,8 @@ class Benchmark:
     name: str
     title: str
     split: str  # how the data is split for scoring, as bench/results/headlines.json names it
-    budget: dict
-    headline_budget: str
+    budget: dict  # the ablation's own budget, smaller than the headline's
+    headline: dict  # the standalone benchmark's default (``--headline``), in the same keys
     metrics: tuple[Metric, ...]
     paper: dict[str, str]  # metric key -> the paper's AllSpark figure, or why there is none
     data: Callable[[], bool]  # is the data here?
@@ -83,6 +90,11 @@ class Benchmark:
     run: Callable[[object, dict, int, dict], dict]  # (prepared, budget, seed, model overrides) -> metrics
     baseline: Callable[[object, dict], dict]  # (prepared, budget) -> {metric key: (name, value)}
     quick_budget: dict | None = None
+
+    @property
+    def headline_budget(self) -> str:
+        """The headline budget in words, e.g. ``bench.eth: train_windows 0, epochs 3, ...`` (0 or None: every one)."""
+        return f"bench.{self.name}: " + ", ".join(f"{key} {value}" for key, value in self.headline.items())
 
 
 # -- land cover -------------------------------------------------------------------------------------
@@ -176,8 +188,8 @@ BENCHMARKS = {
         title="Land cover (Landsat 7 NC, whole polygons held out)",
         split="whole label polygons held out",
         budget={"llm_layers": 4, "epochs": 3, "max_train_pixels": 600, "chip_size": 16},
+        headline=landcover.DEFAULT,
         quick_budget={"llm_layers": 2, "epochs": 2, "max_train_pixels": 300, "chip_size": 16},
-        headline_budget="bench.landcover: 4 LM layers, 6 epochs, every training pixel (~1,900)",
         metrics=(Metric("overall_accuracy", "OA", False), Metric("kappa", "kappa", False),
                  Metric("macro_f1", "macro F1", False)),
         paper=LANDCOVER_PAPER,
@@ -191,7 +203,7 @@ BENCHMARKS = {
         title="ETH leave-one-scene-out, 8 -> 12 (metres)",
         split="ETH scene held out (leave-one-scene-out), 8 -> 12 steps",
         budget={"train_windows": 3000, "epochs": 1, "llm_layers": 4, "learning_rate": 1e-3, "warmup_epochs": 0.2},
-        headline_budget="bench.eth: 4 LM layers, 3 epochs over every window (29,809)",
+        headline=eth.DEFAULT_SETTING,
         metrics=(Metric("min_ade", "ADE best-of-20", True), Metric("min_fde", "FDE best-of-20", True),
                  Metric("ade", "ADE most likely", True), Metric("fde", "FDE most likely", True)),
         paper={"min_ade": "0.43", "min_fde": "0.69", "ade": "not reported", "fde": "not reported"},
@@ -205,7 +217,7 @@ BENCHMARKS = {
         title="PRSA Beijing PM2.5, random 40/60 (µg/m³)",
         split="same-hour, random 40/60 rows",
         budget={"train_rows": 4000, "test_rows": 2000, "epochs": 1, "llm_layers": 2, "lr": 1e-3},
-        headline_budget="bench.prsa (same-hour, random): 2 LM layers, 3 epochs, 16,000 training and 4,000 test rows",
+        headline=asdict(prsa.DEFAULT),
         metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
         paper={"rmse": "29.03", "mae": "18.04", "r2": "0.87"},
         data=lambda: any(prsa.DATA.glob(prsa.PATTERN)),
@@ -218,7 +230,7 @@ BENCHMARKS = {
         title="Los-loop week, 60 min ahead (mph)",
         split="chronological 70/10/20, 60 min ahead",
         budget={"llm_layers": 2, "epochs": 2, "learning_rate": 1e-3, "warmup_epochs": 0.5, "window_stride": 4},
-        headline_budget="bench.losloop: 2 LM layers, 3 epochs over every 3rd training window",
+        headline=losloop.DEFAULT,
         metrics=(Metric("mae", "MAE 60 min", True, 2), Metric("rmse", "RMSE 60 min", True, 2),
                  Metric("mape", "MAPE 60 min %", True, 1)),
         paper={key: f"none (METR-LA, not comparable: {value})"
@@ -279,11 +291,13 @@ def cell(stats: dict, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def table_lines(done: dict, seeds: list[int]) -> list[str]:
+def table_lines(done: dict, seeds: list[int], headline: bool) -> list[str]:
     names = [label for label, _ in VARIANTS.values()]
     lines = [
-        (f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (min-max in ablation.json); "
-         "↑ higher is better, ↓ lower is better. Budgets are smaller than the headline benchmarks' (settings below)."),
+        (f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (min-max in the JSON); "
+         "↑ higher is better, ↓ lower is better. Budgets are "
+         + ("the headline benchmarks'" if headline else "smaller than the headline benchmarks'")
+         + " (settings below); - = variant not run."),
         "",
         "| benchmark | metric | " + " | ".join(names) + " | baseline, same data | paper's AllSpark |",
         "|---|---|" + "---:|" * len(names) + "---|---|",
@@ -307,22 +321,28 @@ def main() -> None:
                         help=f"{', '.join(QUICK_BENCHMARKS)} only, its quick budget, seed 0")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS))
     parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--headline", action="store_true",
+                        help="each benchmark at its headline budget (the standalone benchmark's defaults)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="run these variants only")
     args = parser.parse_args()
+    if args.quick and args.headline:
+        parser.error("--quick and --headline are two different budgets: choose one")
     names = args.only or (QUICK_BENCHMARKS if args.quick else list(BENCHMARKS))
     seeds = args.seeds or ([0] if args.quick else list(SEEDS))
+    variants = {key: VARIANTS[key] for key in VARIANTS if key in (args.variants or VARIANTS)}
     skipped = [name for name in names if not BENCHMARKS[name].data()]
     names = [name for name in names if name not in skipped]
-    budgets = {name: (BENCHMARKS[name].quick_budget if args.quick and BENCHMARKS[name].quick_budget
-                      else BENCHMARKS[name].budget) for name in names}
-    total, count, started = len(names) * len(VARIANTS) * len(seeds), 0, time.perf_counter()
-    done, runs, kept_budgets = kept_results(names, seeds, args.quick)
+    budgets = {name: budget_of(BENCHMARKS[name], args.quick, args.headline) for name in names}
+    output = "ablation_headline" if args.headline else "ablation"
+    total, count, started = len(names) * len(variants) * len(seeds), 0, time.perf_counter()
+    done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick)
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
         bench_runs = []
         for seed in seeds:
-            for variant, (label, overrides) in VARIANTS.items():
+            for variant, (label, overrides) in variants.items():
                 count += 1
                 run_started = time.perf_counter()
                 metrics = benchmark.run(prepared, budget, seed, overrides)
@@ -333,14 +353,20 @@ def main() -> None:
                       f"training {metrics['train_seconds']:.0f} s", flush=True)
         runs += bench_runs
         done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
-        write(done, runs, written_names, seeds, written_budgets, skipped, args.quick, time.perf_counter() - started,
-              kept=list(kept_budgets))
+        write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, args.headline,
+              time.perf_counter() - started, kept=list(kept_budgets))
 
 
-def kept_results(names: list[str], seeds: list[int], quick: bool) -> tuple[dict, list[dict], dict]:
-    """The previous ablation.json's benchmarks that this run does not redo, when it ran the same seeds and setting:
-    their summaries and baselines, runs and budgets (so ``--only losloop`` updates Los-loop and keeps the rest)."""
-    path = RESULTS / "ablation.json"
+def budget_of(benchmark: Benchmark, quick: bool, headline: bool) -> dict:
+    """The budget a run uses: the headline's, the quick one (where the benchmark has one) or the ablation's."""
+    if headline:
+        return dict(benchmark.headline)
+    return dict(benchmark.quick_budget if quick and benchmark.quick_budget else benchmark.budget)
+
+
+def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool) -> tuple[dict, list[dict], dict]:
+    """The benchmarks of the previous results at ``path`` that this run does not redo, when it ran the same seeds and
+    setting: their summaries and baselines, runs and budgets (so ``--only losloop`` updates Los-loop, keeps the rest)."""
     if not path.is_file():
         return {}, [], {}
     previous = json.loads(path.read_text())
@@ -353,33 +379,46 @@ def kept_results(names: list[str], seeds: list[int], quick: bool) -> tuple[dict,
     return done, runs, {name: settings["budgets"][name] for name in others}
 
 
-def headlines(done: dict, runs: list[dict], budgets: dict) -> list[dict]:
+def headlines() -> list[dict]:
     """One record per benchmark and metric, for scripts: AllSpark as it ships (variant c) over the seeds, the best
-    simple baseline of the same data, the paper's figure (null where it has none) and the budget."""
-    records = []
-    for name, entry in done.items():
-        benchmark = BENCHMARKS[name]
-        for metric in benchmark.metrics:
-            shipped = {r["seed"]: r["metrics"][metric.key] for r in runs
-                       if r["benchmark"] == name and r["variant"] == "c_lm_adapters"}
-            stats = entry["summary"][metric.key]["c_lm_adapters"]
-            baseline, value = entry["baseline"][metric.key]
-            try:
-                paper = float(benchmark.paper[metric.key])
-            except ValueError:
-                paper = None
-            records.append({
-                "benchmark": name, "split": benchmark.split, "metric": metric.key,
-                "lower_is_better": metric.lower_is_better,
-                "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": shipped},
-                "baselines": {baseline: value}, "paper": paper, "settings": budgets[name],
-            })
+    simple baseline of the same data, the paper's figure (null where it has none) and the budget.
+
+    A benchmark's records come from ablation_headline.json where (c) ran there, else from ablation.json
+    (``budget`` says which: "headline" or "ablation").
+    """
+    records, taken = [], set()
+    for output, budget in (("ablation_headline", "headline"), ("ablation", "ablation")):
+        path = RESULTS / f"{output}.json"
+        result = json.loads(path.read_text()) if path.is_file() else {"summary": {}}
+        for name, summary in result["summary"].items():
+            benchmark = BENCHMARKS.get(name)
+            if benchmark is None or name in taken or "c_lm_adapters" not in summary[benchmark.metrics[0].key]:
+                continue
+            taken.add(name)
+            for metric in benchmark.metrics:
+                shipped = {r["seed"]: r["metrics"][metric.key] for r in result["runs"]
+                           if r["benchmark"] == name and r["variant"] == "c_lm_adapters"}
+                stats = summary[metric.key]["c_lm_adapters"]
+                baseline, value = result["baselines"][name][metric.key]
+                try:
+                    paper = float(benchmark.paper[metric.key])
+                except ValueError:
+                    paper = None
+                records.append({
+                    "benchmark": name, "split": benchmark.split, "metric": metric.key,
+                    "lower_is_better": metric.lower_is_better,
+                    "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": shipped},
+                    "baselines": {baseline: value}, "paper": paper, "settings": result["settings"]["budgets"][name],
+                    "budget": budget,
+                })
     return records
 
 
-def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict, skipped: list[str],
-          quick: bool, seconds: float, kept: list[str] = ()) -> None:
-    """Write ablation.json and .md with every benchmark finished so far (the file says which are missing)."""
+def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict,
+          skipped: list[str], quick: bool, headline: bool, seconds: float, kept: list[str] = ()) -> None:
+    """Write ``output``.json and .md with every benchmark finished so far (the file says which are missing), then
+    headlines.json."""
+    done = {name: done[name] for name in BENCHMARKS if name in done}  # one order, however they were run
     pending = [name for name in names if name not in done]
     readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])]
     headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
@@ -393,24 +432,28 @@ def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budg
         ("Adapters in (c) and (d): one after every 2nd LM layer, so " + ", ".join(
             f"{name} {budgets[name]['llm_layers'] // 2}" for name in names) + "; they start as the identity, "
          "so (b) and (c) differ only by what the adapters learn."),
-        (f"Budgets here are smaller than the headline benchmarks' ({headline_budgets}), and far smaller than the "
-         "paper's (all of Vicuna-7B, tens of epochs): the LM here is the first 2-4 of SmolLM2-135M's 30 layers."),
+        (f"Budgets here are {'the' if headline else 'smaller than the'} headline benchmarks' ({headline_budgets}), "
+         "and far smaller than the paper's (all of Vicuna-7B, tens of epochs): the LM here is the first 2-4 of "
+         "SmolLM2-135M's 30 layers."),
     ]
     if skipped:
         notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")
     if kept:
-        notes.append(f"Kept from the previous ablation run (not rerun this time): {', '.join(kept)}; the seconds "
+        notes.append(f"Kept from the previous run at this budget (not rerun this time): {', '.join(kept)}; the seconds "
                      "count this run only.")
     if pending:
         notes.append(f"Not finished yet (partial file, written after each benchmark): {', '.join(pending)}.")
     result = {
-        "benchmark": "ablation",
-        "title": "Ablation: no LM / frozen LM / LM + adapters / irrelevant prompt, same data, budget and seeds",
+        "benchmark": output,
+        "command": "python -m bench.ablation" + (" --headline" if headline else ""),
+        "title": ("Ablation: no LM / frozen LM / LM + adapters / irrelevant prompt, same data, budget and seeds"
+                  + (", at the headline budgets" if headline else "")),
         **environment(),
-        "settings": {"quick": quick, "seeds": seeds, "budgets": budgets, "irrelevant_prompt": IRRELEVANT_PROMPT,
+        "settings": {"quick": quick, "headline": headline, "seeds": seeds, "budgets": budgets,
+                     "irrelevant_prompt": IRRELEVANT_PROMPT,
                      "variants": {key: label for key, (label, _) in VARIANTS.items()},
                      "variant_overrides": {key: overrides for key, (_, overrides) in VARIANTS.items()},
-                     "smaller_than_headline": {name: BENCHMARKS[name].headline_budget for name in names},
+                     "headline_budgets": {name: BENCHMARKS[name].headline_budget for name in names},
                      "seconds": round(seconds)},
         "complete": not pending,
         "summary": {name: entry["summary"] for name, entry in done.items()},
@@ -418,12 +461,12 @@ def write(done: dict, runs: list[dict], names: list[str], seeds: list[int], budg
         "paper": {name: BENCHMARKS[name].paper for name in done},
         "runs": runs,
         "notes": notes,
-        "headline": [f"Ablation: {line}" for line in readings],
+        "headline": [f"Ablation{' at the headline budgets' if headline else ''}: {line}" for line in readings],
     }
-    (RESULTS / "headlines.json").write_text(json.dumps(headlines(done, runs, budgets), indent=2) + "\n")
-    table = table_lines(done, seeds) + ["", "Budgets: " + "; ".join(
+    table = table_lines(done, seeds, headline) + ["", "Budgets: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in budgets[name].items()) for name in names) + "."]
-    write_results("ablation", result, table)
+    write_results(output, result, table)
+    (RESULTS / "headlines.json").write_text(json.dumps(headlines(), indent=2) + "\n")
 
 
 if __name__ == "__main__":

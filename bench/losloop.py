@@ -45,6 +45,8 @@ PROXY_NOTE = (
     "Los-loop is one real week of METR-LA (207 sensors, 2,016 five-minute steps): a proxy, not the "
     "paper's METR-LA figure (four months; AllSpark 60 min MAE 3.81 / RMSE 7.52 / MAPE 11.24 %)."
 )
+DEFAULT = {"llm_layers": 2, "epochs": 3, "learning_rate": 1e-3, "warmup_epochs": 0.5, "window_stride": 3}
+"""The CPU headline (what :func:`losloop_config` takes): 2 LM layers, 3 epochs over every 3rd training window."""
 QUICK = {"epochs": 1, "window_stride": 6}
 FULL = {"llm_layers": 0, "epochs": 10, "learning_rate": 8e-5, "warmup_epochs": 2.0, "window_stride": 1,
         "width": 152, "temporal_depth": 3, "spatial_depth": 3}
@@ -52,11 +54,13 @@ FULL = {"llm_layers": 0, "epochs": 10, "learning_rate": 8e-5, "warmup_epochs": 2
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--llm-layers", type=int, default=2, help="SmolLM2 decoder layers kept; 0 = all 30")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--warmup-epochs", type=float, default=0.5)
-    parser.add_argument("--window-stride", type=int, default=3, help="train on every N-th training window")
+    parser.add_argument("--llm-layers", type=int, default=DEFAULT["llm_layers"],
+                        help="SmolLM2 decoder layers kept; 0 = all 30")
+    parser.add_argument("--epochs", type=int, default=DEFAULT["epochs"])
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT["learning_rate"])
+    parser.add_argument("--warmup-epochs", type=float, default=DEFAULT["warmup_epochs"])
+    parser.add_argument("--window-stride", type=int, default=DEFAULT["window_stride"],
+                        help="train on every N-th training window")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="graph encoder width (STAEformer: 152)")
     parser.add_argument("--temporal-depth", type=int, default=1)

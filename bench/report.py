@@ -17,7 +17,7 @@ from bench.common import RESULTS
 OUTPUT = RESULTS.parent / "RESULTS.md"
 NOT_SECTIONS = ("suite", "headlines")
 """Files in results/ that are not a benchmark's section: the suite's run list, the ablation's headline records."""
-ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "mapcost", "chipgrid", "storage", "modalities", "eth", "prsa", "losloop", "ablation"]
+ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "mapcost", "chipgrid", "storage", "modalities", "eth", "prsa", "losloop", "ablation", "ablation_headline"]
 
 
 def _load(name: str) -> tuple[dict, str] | None:
@@ -34,7 +34,8 @@ def _settings_line(settings: dict) -> str:
 
 def _section(name: str, result: dict, table: str) -> list[str]:
     lines = [f"## {result.get('title', name)}", ""]
-    lines.append(f"`python -m bench.{name}` · {result.get('date', '?')} · {result.get('machine', '?')}")
+    command = result.get("command", f"python -m bench.{name}")
+    lines.append(f"`{command}` · {result.get('date', '?')} · {result.get('machine', '?')}")
     if result.get("settings"):
         lines += ["", f"Settings: {_settings_line(result['settings'])}."]
     lines += ["", table]  # the table file ends with the notes (bench.common.write_results)
