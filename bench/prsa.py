@@ -111,7 +111,7 @@ class Budget:
 
 
 DEFAULT = Budget()
-QUICK = Budget(train_rows=300, test_rows=300, llm_layers=1, gbt_iterations=50)
+QUICK = Budget(train_rows=300, test_rows=300, epochs=3, llm_layers=1, gbt_iterations=50)
 FULL = Budget(train_rows=0, test_rows=0, epochs=30, llm_layers=0, lr=2e-5)
 QUICK_SPLITS, QUICK_HORIZONS = ("random",), (24,)
 
@@ -431,6 +431,7 @@ def unseen_table(rows: list[dict]) -> list[str]:
 
 
 def training_words(budget: Budget) -> str:
+    """What AllSpark trains on, in words (``train_rows`` 0: every training row)."""
     return f"a subsample of {budget.train_rows} training rows" if budget.train_rows else "every training row"
 
 
