@@ -35,7 +35,8 @@ to keep the best epoch; 2 epochs on the same-hour random split) with the first 2
 layers, and every model is scored on a seeded subsample of 4,000 test rows per experiment.
 Measured, one epoch over every row beats three over a 16,000-row subsample on both same-hour
 splits; a second epoch helps the random split and hurts the chronological one (README, issue 16).
-With a subsample (``--train-rows``), the trees also train on AllSpark's rows. Sized for about 30 minutes on 2 cores::
+With a subsample (``--train-rows``), the trees also train on AllSpark's rows. Sized for about 30
+minutes on 2 cores::
 
     python -m bench.prsa                                   # CPU default, all three experiments
     python -m bench.prsa --only forecast unseen            # some experiments
