@@ -57,6 +57,25 @@ def test_trajectory_head_gives_k_futures_most_likely_first_and_trains_the_closes
     assert moved[:, 2].all() and moved.sum() == 3
 
 
+def test_trajectory_candidates_start_at_clusters_of_the_training_futures():
+    """Two kinds of future (turn left, turn right): two candidates start one on each, in target units."""
+    head = build_head(HeadConfig(kind="trajectory", horizon=3, modes=2), WIDTH, FEATURES)
+    left, right = torch.tensor([[0.0, 1], [0, 2], [0, 3]]), torch.tensor([[0.0, -1], [0, -2], [0, -3]])
+    noise = torch.randn(40, 3, 2, generator=torch.Generator().manual_seed(0)) * 0.05
+    targets = torch.cat([left.expand(20, 3, 2), right.expand(20, 3, 2)]) + noise
+    head.scaling.fit(targets)
+    head.start_modes_at_clusters(targets, seed=0)
+    futures = head.postprocess(head(torch.zeros(1, 4, WIDTH), encoded(1)))["futures"][0]
+    starts = sorted(futures.tolist(), key=lambda path: path[0][1])
+    torch.testing.assert_close(torch.tensor(starts), torch.stack([right, left]), atol=0.1, rtol=0)
+    # fewer training futures than candidates: every future is a start, some twice
+    few = build_head(HeadConfig(kind="trajectory", horizon=3, modes=5), WIDTH, FEATURES)
+    few.scaling.fit(targets[18:22])
+    few.start_modes_at_clusters(targets[18:22], seed=0)
+    starts = few.postprocess(few(torch.zeros(1, 4, WIDTH), encoded(1)))["futures"][0]
+    assert len({tuple(path.flatten().round(decimals=3).tolist()) for path in starts}) == 4
+
+
 def test_dense_head_maps_patches_back_to_pixels_and_elements_to_values():
     pixels = build_head(HeadConfig(kind="dense_classification", num_classes=3), WIDTH, FEATURES)
     hidden, features = torch.randn(2, 4, WIDTH), torch.randn(2, 6, FEATURES)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyproj
 import pystac
 import pytest
+import torch
 
 from allspark.core.steps import run_pipeline
 from allspark.errors import InputError, NoDataError
@@ -203,6 +204,53 @@ def test_residual_targets_are_the_offset_from_walking_straight_on(tmp_path):
     positions = inputs.TrajectoryPreprocessing(residual_to_constant_velocity=False)
     assert float(residual.targets(windows, everything).abs().max()) == pytest.approx(0, abs=1e-6)
     np.testing.assert_allclose(positions.targets(windows, everything).numpy(), windows.future)
+
+
+def test_the_heading_frame_points_every_walker_along_x_and_turns_predictions_back(tmp_path):
+    """Walkers heading north-east, south and west: in the model's frame each heads along +x, the
+    neighbours turn with the focal agent, and the truth in that frame comes back as the truth."""
+    rows = (walker(1, range(100, 310, 10), (0, 0), (0.6, 0.8)) + walker(2, range(100, 310, 10), (3, 4), (0, -1))
+            + walker(3, range(100, 310, 10), (-2, 1), (-0.5, 0.1)))
+    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))), config(tmp_path).window_rule)
+    everything = np.arange(len(windows))
+    heading = inputs.TrajectoryPreprocessing(heading_frame=True, residual_to_constant_velocity=False)
+    turned = heading.inputs(windows, everything)
+    last_step = (turned["observed"][:, -1] - turned["observed"][:, -2]).numpy()
+    np.testing.assert_allclose(last_step[:, 1], 0, atol=1e-6)
+    assert (last_step[:, 0] > 0).all()
+    # distances to the neighbours are kept: a rotation about the focal agent's last position
+    np.testing.assert_allclose(np.linalg.norm(turned["neighbours"].numpy(), axis=-1),
+                               np.linalg.norm(windows.neighbours, axis=-1), atol=1e-5)
+    for residual in (True, False):
+        rule = inputs.TrajectoryPreprocessing(heading_frame=True, residual_to_constant_velocity=residual)
+        targets = rule.targets(windows, everything).numpy()[:, None]  # a perfect model's (W, 1, T, 2)
+        np.testing.assert_allclose(rule.positions(targets, windows.observed)[:, 0], windows.future, atol=1e-5)
+
+
+def test_an_agent_standing_still_keeps_a_heading_from_its_path_or_none():
+    still = np.zeros((2, 8, 2))
+    still[0, :, 1] = np.linspace(-0.7, 0, 8)  # walked north, stood still on the last step
+    still[0, -2] = still[0, -1]
+    matrices = inputs.heading_rotation(still).numpy()
+    np.testing.assert_allclose(matrices[0] @ [0, 1], [1, 0], atol=1e-6)  # north becomes +x
+    np.testing.assert_allclose(matrices[1], np.eye(2))  # never moved: the data's frame
+
+
+def test_augmentation_mirrors_across_the_heading_in_the_heading_frame():
+    """In the heading frame a scene is only ever mirrored (y -> -y), never turned off its heading;
+    without it, scenes are also rotated at random."""
+    observed = torch.stack([torch.linspace(-7, 0, 8), torch.zeros(8)], dim=-1).repeat(64, 1, 1)  # along +x
+    scene = {"observed": observed, "neighbours": torch.full((64, 1, 8, 2), 1.0)}
+    target = torch.ones(64, 12, 2)
+    generator = torch.Generator().manual_seed(0)
+    mirrored, mirrored_target = inputs.TrajectoryPreprocessing(heading_frame=True).augment(scene, target, generator)
+    torch.testing.assert_close(mirrored["observed"], observed)  # on the x axis, mirroring changes nothing
+    flipped = mirrored_target[:, 0, 1] < 0
+    assert 0 < flipped.sum() < 64
+    torch.testing.assert_close(mirrored["neighbours"][:, 0, 0, 1] < 0, flipped)  # the scene flips as one
+    torch.testing.assert_close(mirrored_target[:, :, 0], target[:, :, 0])
+    rotated, _ = inputs.TrajectoryPreprocessing(heading_frame=False).augment(scene, target, generator)
+    assert rotated["observed"][:, 0, 1].abs().max() > 1  # turned off the x axis
 
 
 def test_lon_lat_tables_are_projected_to_utm(tmp_path):

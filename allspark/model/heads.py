@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -186,7 +187,8 @@ class TrajectoryHead(Head):
     Training is winner-takes-all, as in TUTR: the candidate closest to the true future (mean
     Euclidean distance) is regressed towards it, and the mode logits learn to pick it
     (cross-entropy), so the K candidates spread over distinct plausible futures. Targets are
-    positions relative to the last observed one, normalised per coordinate.
+    positions relative to the last observed one, normalised per coordinate. The candidates can
+    start at k-means clusters of the training futures (:meth:`start_modes_at_clusters`).
     """
 
     kind = "trajectory"
@@ -202,6 +204,23 @@ class TrajectoryHead(Head):
         pooled = hidden.mean(dim=1)
         futures = self.futures(pooled).view(len(pooled), self.modes, self.horizon, 2)
         return {"futures": futures, "logits": self.mode_logits(pooled)}
+
+    @torch.no_grad()
+    def start_modes_at_clusters(self, targets: torch.Tensor, seed: int) -> None:
+        """Start the K candidates at k-means centres of training targets ``(N, horizon, 2)`` (call after fitting scaling).
+
+        As MultiPath's anchors and TUTR's motion modes: each candidate starts as a distinct typical
+        future and learns its offset from there, so winner-takes-all training does not leave
+        candidates that never win.
+        """
+        from sklearn.cluster import KMeans
+
+        flat = self.scaling.normalise(targets.float()).reshape(len(targets), -1).numpy()
+        clusters = min(self.modes, len(flat))  # fewer futures than candidates: some start twice
+        centres = KMeans(clusters, n_init=4, random_state=seed).fit(flat).cluster_centers_
+        starts = centres[np.arange(self.modes) % clusters]
+        self.futures.bias.copy_(torch.from_numpy(starts).float().reshape(-1))
+        self.futures.weight.mul_(0.1)  # each candidate starts near its centre whatever the input
 
     def loss(self, output, target):
         futures, logits = output["futures"].float(), output["logits"].float()

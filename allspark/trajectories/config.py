@@ -23,6 +23,9 @@ class TrajectoryModelConfig(StrictModel):
     bridge_depth: int = Field(2, ge=1)
     modes: int = Field(20, ge=1, description="candidate futures K")
     predict_residual: bool = Field(True, description="learn the offset from the constant-velocity extrapolation")
+    heading_frame: bool = Field(True, description="turn each window so the agent's heading points along +x")
+    cluster_modes: bool = Field(True, description="start the K candidates at k-means clusters of the training "
+                                "targets")
 
     def allspark_config(self, horizon: int, language: LanguageModelSettings):
         from allspark.model.model import AllSparkConfig
@@ -40,7 +43,8 @@ class TrajectoryTrainSettings(TrainSettings):
     """Fine-tuning, plus which training windows are drawn and how they are augmented."""
 
     max_windows: int | None = Field(None, ge=1, description="random subsample of training windows (seeded)")
-    rotate: bool = Field(True, description="rotate each training scene by a random angle (augmentation)")
+    augment: bool = Field(True, description="mirror each training scene across the agent's heading at random, and "
+                          "rotate it by a random angle without the heading frame")
 
 
 class TrajectoriesConfig(ModelRunConfig):

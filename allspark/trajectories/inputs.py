@@ -3,7 +3,9 @@
 Targets are future positions relative to the last observed one, minus the constant-velocity
 extrapolation by default (the model learns how people deviate from walking straight on, a strong
 prior on a small training budget); without it the model learns the positions themselves, as TUTR
-does. Which of the two a model learned is its bundle's :class:`TrajectoryPreprocessing`.
+does. By default each window is also turned so that the agent heads along +x (the heading
+frame), and training scenes are mirrored across that heading at random. Which rules a model
+learned with is its bundle's :class:`TrajectoryPreprocessing`.
 """
 
 from __future__ import annotations
@@ -23,42 +25,87 @@ from allspark.trajectories.read import Windows
 
 
 class TrajectoryPreprocessing(BaseModel):
-    """The target rule a trajectory model is trained with, saved in its bundle."""
+    """The frame and target rule a trajectory model is trained with, saved in its bundle.
+
+    ``heading_frame``: each window is turned about the focal agent's last observed position so
+    that its heading points along +x, and the predictions are turned back. One frame for every
+    direction of travel spares the model learning the same motion in every orientation.
+    ``residual_to_constant_velocity``: the target is the offset from walking straight on (see the
+    module docstring).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     residual_to_constant_velocity: bool = True
+    heading_frame: bool = False  # bundles saved before the heading frame existed were trained without it
+
+    def inputs(self, windows: Windows, index: np.ndarray | slice) -> dict[str, torch.Tensor]:
+        """The encoder's inputs for the windows at ``index``, in the model's frame."""
+        inputs = {"observed": torch.from_numpy(windows.observed[index]),
+                  "neighbours": torch.from_numpy(windows.neighbours[index])}
+        if not self.heading_frame:
+            return inputs
+        matrix = heading_rotation(windows.observed[index])
+        return {name: turn(value, matrix) for name, value in inputs.items()}
 
     def targets(self, windows: Windows, index: np.ndarray) -> torch.Tensor:
-        """What the head learns for the windows at ``index``. Rotations commute with it."""
+        """What the head learns for the windows at ``index``. Rotations commute with the residual."""
         future = windows.future[index]
         if self.residual_to_constant_velocity:
             future = future - constant_velocity(windows.observed[index], future.shape[1])[:, 0]
-        return torch.from_numpy(np.ascontiguousarray(future, dtype="float32"))
+        future = torch.from_numpy(np.ascontiguousarray(future, dtype="float32"))
+        return turn(future, heading_rotation(windows.observed[index])) if self.heading_frame else future
 
     def positions(self, futures: np.ndarray, observed: np.ndarray) -> np.ndarray:
-        """Predicted futures ``(W, K, T, 2)`` as positions relative to the last observed one."""
+        """Predicted futures ``(W, K, T, 2)`` as positions relative to the last observed one, in the data's frame."""
+        if self.heading_frame:
+            back = heading_rotation(observed).transpose(1, 2)
+            futures = turn(torch.from_numpy(np.ascontiguousarray(futures, dtype="float32")), back).numpy()
         if self.residual_to_constant_velocity:
             return futures + constant_velocity(observed, futures.shape[2])
         return futures
 
+    def augment(self, inputs: dict[str, torch.Tensor], target: torch.Tensor,
+                generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each scene mirrored across the agent's heading at random; without the heading frame, also rotated.
 
-def model_inputs(windows: Windows, index: np.ndarray | slice) -> dict[str, torch.Tensor]:
-    return {"observed": torch.from_numpy(windows.observed[index]),
-            "neighbours": torch.from_numpy(windows.neighbours[index])}
+        Both keep a scene physically plausible; a rotation would undo the heading frame.
+        """
+        batch = len(target)
+        mirror = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
+        matrix = torch.diag_embed(torch.stack([torch.ones(batch), mirror], dim=-1))  # y -> -y
+        if not self.heading_frame:
+            matrix = rotation(torch.rand(batch, generator=generator) * 2 * math.pi) @ matrix
+        return {name: turn(value, matrix) for name, value in inputs.items()}, turn(target, matrix)
 
 
-def rotate(inputs: dict[str, torch.Tensor], target: torch.Tensor, generator: torch.Generator):
-    """Rotate each scene about the focal agent's last position by a random angle (NaN stays NaN)."""
-    angle = torch.rand(len(target), generator=generator) * 2 * math.pi
+STANDING_STILL = 0.05
+"""Metres per step below which a step gives no heading."""
+
+
+def rotation(angle: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(B, 2, 2)`` by ``angle`` (radians, counter-clockwise)."""
     cos, sin = angle.cos(), angle.sin()
-    matrix = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+    return torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
 
-    def turn(values: torch.Tensor) -> torch.Tensor:
-        shape = values.shape
-        flat = values.reshape(len(values), -1, 2)
-        return torch.einsum("bij,bnj->bni", matrix, flat).reshape(shape)
 
-    return {name: turn(value) for name, value in inputs.items()}, turn(target)
+def heading_rotation(observed: np.ndarray) -> torch.Tensor:
+    """Rotations ``(W, 2, 2)`` that turn each window's heading onto +x.
+
+    The heading is the last observed step, or the whole observed path when the agent stood
+    (nearly) still on that step; an agent that never moved keeps the data's frame.
+    """
+    step = observed[:, -1] - observed[:, -2]
+    path = observed[:, -1] - observed[:, 0]
+    heading = np.where(np.linalg.norm(step, axis=-1, keepdims=True) >= STANDING_STILL, step, path)
+    heading = np.where(np.linalg.norm(heading, axis=-1, keepdims=True) >= STANDING_STILL, heading, [1.0, 0.0])
+    return rotation(-torch.from_numpy(np.arctan2(heading[:, 1], heading[:, 0])).float())
+
+
+def turn(values: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Apply one ``(2, 2)`` matrix per window to every point ``(..., 2)`` of that window (NaN stays NaN)."""
+    shape = values.shape
+    flat = values.reshape(len(values), -1, 2)
+    return torch.einsum("bij,bnj->bni", matrix.to(flat.dtype), flat).reshape(shape)
 
 
 def predict_windows(model, preprocessing: TrajectoryPreprocessing, windows: Windows,
@@ -66,7 +113,7 @@ def predict_windows(model, preprocessing: TrajectoryPreprocessing, windows: Wind
     """K futures ``(W, K, T, 2)`` (relative metres, most likely first) and probabilities ``(W, K)``."""
     futures, probabilities = [], []
     for start in range(0, len(windows), batch_size):
-        out = model.predict(model_inputs(windows, slice(start, start + batch_size)))
+        out = model.predict(preprocessing.inputs(windows, slice(start, start + batch_size)))
         futures.append(out["futures"].cpu().numpy())
         probabilities.append(out["probabilities"].cpu().numpy())
     return preprocessing.positions(np.concatenate(futures), windows.observed), np.concatenate(probabilities)

@@ -29,10 +29,8 @@ from allspark.trajectories.inputs import (
     TrajectoryPreprocessing,
     constant_velocity,
     displacement_errors,
-    model_inputs,
     predict_windows,
     prediction_frame,
-    rotate,
     summarise,
 )
 from allspark.trajectories.read import (
@@ -106,7 +104,9 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
     """The config's checkpoint, the bundle already in ``<work>/model``, or a model fine-tuned now.
 
     Fine-tuning draws ``max_windows`` training windows (seeded), fits the head's target scaling on
-    their targets, and trains with random scene rotations when ``rotate``.
+    their targets (in the heading frame when ``model.heading_frame``), starts the K candidates at
+    k-means clusters of them when ``model.cluster_modes``, and trains on randomly mirrored (and,
+    without the heading frame, rotated) scenes when ``train.augment``.
     """
     if not config.fine_tunes:
         check_checkpoint(config)
@@ -125,13 +125,17 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
     if settings.max_windows and settings.max_windows < available:
         chosen = np.sort(np.random.default_rng(config.seed).choice(available, settings.max_windows, replace=False))
     model = AllSpark(config.model.allspark_config(config.future_steps, config.language))
-    preprocessing = TrajectoryPreprocessing(residual_to_constant_velocity=config.model.predict_residual)
-    model.head.scaling.fit(preprocessing.targets(windows, chosen))
+    preprocessing = TrajectoryPreprocessing(residual_to_constant_velocity=config.model.predict_residual,
+                                            heading_frame=config.model.heading_frame)
+    targets = preprocessing.targets(windows, chosen)
+    model.head.scaling.fit(targets)
+    if config.model.cluster_modes:
+        model.head.start_modes_at_clusters(targets, config.seed)
 
     def make_batch(batch):
         index = chosen[batch.numpy()]
-        inputs, target = model_inputs(windows, index), preprocessing.targets(windows, index)
-        return rotate(inputs, target, generator) if settings.rotate else (inputs, target)
+        inputs, target = preprocessing.inputs(windows, index), preprocessing.targets(windows, index)
+        return preprocessing.augment(inputs, target, generator) if settings.augment else (inputs, target)
 
     batches = math.ceil(len(chosen) / settings.batch_size)
     history = Trainer(model, settings.schedule(), batches).fit(len(chosen), make_batch, settings.batch_size,

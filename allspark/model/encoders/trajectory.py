@@ -8,7 +8,8 @@ What we do:
 
 - **Frame.** Positions are in metres, relative to the focal agent's last observed position (so
   the last observed step is (0, 0)); neighbours are in the same frame. Translation-free inputs let
-  one model serve every scene. The encoder does not enforce this; the data pipeline must.
+  one model serve every scene. The encoder does not enforce this; the data pipeline must (the
+  trajectories pipeline also turns each window so that the agent heads along +x).
 - **Step tokens.** Each step becomes ``(x, y, vx, vy)`` (velocity = difference to the previous
   step, zero at the first), lifted by one linear layer, plus a sine/cosine embedding of the step's
   offset from the last observed step (0, -1, -2, ...), so any number of observed steps (>= 2)
