@@ -90,9 +90,9 @@ def constant_velocity_baseline(ingested: Ingested, future_steps: int) -> dict:
 def speed_change(ingested: Ingested) -> dict:
     """Each split's mean speed (m/s) on the last observed step and on the last future step.
 
-    ETH's test walkers slow down over their futures far more than the training scenes' do: the
-    part of the future no model trained on those scenes can learn, and the reason the most likely
-    future stays near constant velocity.
+    ETH's test walkers slow down over their futures, and the training scenes' walkers do not: a
+    model trained on those scenes has not seen it, which keeps its most likely future near
+    constant velocity.
     """
     speeds = {}
     for split in ("train", "predict"):
