@@ -211,7 +211,8 @@ def test_the_heading_frame_points_every_walker_along_x_and_turns_predictions_bac
     neighbours turn with the focal agent, and the truth in that frame comes back as the truth."""
     rows = (walker(1, range(100, 310, 10), (0, 0), (0.6, 0.8)) + walker(2, range(100, 310, 10), (3, 4), (0, -1))
             + walker(3, range(100, 310, 10), (-2, 1), (-0.5, 0.1)))
-    windows = tr.build_windows(tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows))), config(tmp_path).window_rule)
+    tracks = tr.read_eth_ucy(write_eth(tmp_path / "a.txt", sorted(rows)))
+    windows = tr.build_windows(tracks, config(tmp_path).window_rule)
     everything = np.arange(len(windows))
     heading = inputs.TrajectoryPreprocessing(heading_frame=True, residual_to_constant_velocity=False)
     turned = heading.inputs(windows, everything)

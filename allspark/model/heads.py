@@ -207,7 +207,9 @@ class TrajectoryHead(Head):
 
     @torch.no_grad()
     def start_modes_at_clusters(self, targets: torch.Tensor, seed: int) -> None:
-        """Start the K candidates at k-means centres of training targets ``(N, horizon, 2)`` (call after fitting scaling).
+        """Start the K candidates at k-means centres of training targets ``(N, horizon, 2)``.
+
+        Call it after fitting the target scaling: the centres are taken in normalised units.
 
         As MultiPath's anchors and TUTR's motion modes: each candidate starts as a distinct typical
         future and learns its offset from there, so winner-takes-all training does not leave
