@@ -1,7 +1,7 @@
 """Does the language model help, and does the prompt matter? The ablation the paper did not run.
 
-On each accuracy benchmark (land cover, ETH, PRSA, Los-loop), four variants of AllSpark with the
-same data, the same budget and the same seeds:
+On each accuracy benchmark (land cover, ETH, PRSA on its random and its chronological split,
+Los-loop), four variants of AllSpark with the same data, the same budget and the same seeds:
 
 - (a) **no LM**: encoder + bridge + head; the bridge's queries go straight to the head
   (``language: {enabled: false}``; no adapters either, there is nothing to adapt);
@@ -19,7 +19,7 @@ split), never a model or a checkpoint. The held-out data is fixed across seeds; 
 subsample follows the seed (the trajectories flow draws it from the run seed), the others' does not.
 
 By default the budgets are smaller than the headline benchmarks' (each :class:`Benchmark`'s
-``budget``), so that the whole ablation (4 benchmarks x 4 variants x 3 seeds) takes about 30
+``budget``), so that the whole ablation (5 benchmarks x 4 variants x 3 seeds) takes about 35
 minutes on a quiet 2-core CPU. ``--headline`` runs each benchmark at its headline budget instead
 (the standalone benchmark's defaults, ``Benchmark.headline``) and writes ablation_headline.json;
 with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
@@ -90,11 +90,13 @@ class Benchmark:
     run: Callable[[object, dict, int, dict], dict]  # (prepared, budget, seed, model overrides) -> metrics
     baseline: Callable[[object, dict], dict]  # (prepared, budget) -> {metric key: (name, value)}
     quick_budget: dict | None = None
+    module: str = ""  # the standalone benchmark, where it is not ``bench.<name>``
 
     @property
     def headline_budget(self) -> str:
         """The headline budget in words, e.g. ``bench.eth: train_windows 0, epochs 3, ...`` (0 or None: every one)."""
-        return f"bench.{self.name}: " + ", ".join(f"{key} {value}" for key, value in self.headline.items())
+        settings = ", ".join(f"{key} {value}" for key, value in self.headline.items())
+        return f"bench.{self.module or self.name}: {settings}"
 
 
 # -- land cover -------------------------------------------------------------------------------------
@@ -139,11 +141,15 @@ def eth_baseline(prepared: dict, budget: dict) -> dict:
 # -- PRSA ---------------------------------------------------------------------------------------------
 
 
-def prsa_prepare(budget: dict) -> dict:
-    """The PRSA rows (read once, as the sensors pipeline reads them) and the same-hour random 40/60 split (seed 0)."""
-    data = prsa.load_prsa(prsa.DATA)
-    split = prsa.same_hour_split(data, "random", prsa.Budget(**budget), seed=0)
-    return {"data": data, "split": split}
+def prsa_prepare(rule: str) -> Callable[[dict], dict]:
+    """What prepares the PRSA rows (read once, as the sensors pipeline reads them) and the same-hour ``rule`` 40/60
+    split (seed 0; a chronological split has no seed, and only the training seed varies)."""
+
+    def prepare(budget: dict) -> dict:
+        data = prsa.load_prsa(prsa.DATA)
+        return {"data": data, "split": prsa.same_hour_split(data, rule, prsa.Budget(**budget), seed=0)}
+
+    return prepare
 
 
 def prsa_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
@@ -155,6 +161,25 @@ def prsa_baseline(prepared: dict, budget: dict) -> dict:
     trees = prsa.run_baselines(prepared["data"], prepared["split"], prsa.Budget(**budget).gbt_iterations, 0)
     same_rows = trees.get("GBT, same training rows", trees["GBT, every training row"])["test"]
     return {key: ("GBT, same rows", same_rows[key]) for key in ("rmse", "mae", "r2")}
+
+
+def prsa_benchmark(rule: str, unit: str, paper: dict[str, str]) -> Benchmark:
+    """PRSA's same-hour estimation on the ``rule`` 40/60 split of the ``unit``; its headline is ``bench.prsa``'s."""
+    return Benchmark(
+        name="prsa" if rule == "random" else f"prsa_{rule}",
+        module="prsa",
+        title=f"PRSA Beijing PM2.5, {rule} 40/60 (µg/m³)",
+        split=f"same-hour, {rule} 40/60 {unit}",
+        budget={"train_rows": 4000, "test_rows": 2000, "epochs": 1, "random_split_epochs": None, "llm_layers": 2,
+                "lr": 1e-3},
+        headline=asdict(prsa.DEFAULT),
+        metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
+        paper=paper,
+        data=lambda: any(prsa.DATA.glob(prsa.PATTERN)),
+        prepare=prsa_prepare(rule),
+        run=prsa_run,
+        baseline=prsa_baseline,
+    )
 
 
 # -- Los-loop -------------------------------------------------------------------------------------------
@@ -212,20 +237,9 @@ BENCHMARKS = {
         run=eth_run,
         baseline=eth_baseline,
     ),
-    "prsa": Benchmark(
-        name="prsa",
-        title="PRSA Beijing PM2.5, random 40/60 (µg/m³)",
-        split="same-hour, random 40/60 rows",
-        budget={"train_rows": 4000, "test_rows": 2000, "epochs": 1, "random_split_epochs": None, "llm_layers": 2,
-                "lr": 1e-3},
-        headline=asdict(prsa.DEFAULT),
-        metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
-        paper={"rmse": "29.03", "mae": "18.04", "r2": "0.87"},
-        data=lambda: any(prsa.DATA.glob(prsa.PATTERN)),
-        prepare=prsa_prepare,
-        run=prsa_run,
-        baseline=prsa_baseline,
-    ),
+    "prsa": prsa_benchmark("random", "rows", {"rmse": "29.03", "mae": "18.04", "r2": "0.87"}),
+    "prsa_chronological": prsa_benchmark("chronological", "hours: the first 40 % train",
+                                         dict.fromkeys(("rmse", "mae", "r2"), "not reported")),
     "losloop": Benchmark(
         name="losloop",
         title="Los-loop week, 60 min ahead (mph)",

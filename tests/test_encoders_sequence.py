@@ -144,6 +144,30 @@ def test_table_missing_cells_use_the_missing_embeddings():
     assert torch.allclose(known, encoder.category_embedding.weight[4] + column[3])
 
 
+def test_table_periodic_embedding_is_plr_and_keeps_missing_cells():
+    encoder = build("table", depth=0, continuous_columns=2, categorical_cardinalities=[5],
+                    numeric_embedding="periodic", frequencies=3, frequency_scale=0.5)
+    assert not hasattr(encoder, "value_weight")
+    values = torch.tensor([[0.7, float("nan")], [-1.2, 0.3]])
+    tokens = encoder({"continuous": values, "categorical": torch.tensor([[1], [2]])}).tokens
+    periodic, linear = encoder.periodic.periodic.weight, encoder.periodic.linear  # (2, 3) and per-column (2, 6, W)
+    angle = 2 * torch.pi * periodic[0] * 0.7
+    expected = torch.relu(torch.cat([angle.cos(), angle.sin()]) @ linear.weight[0] + linear.bias[0])
+    assert torch.allclose(tokens[0, 0], expected + encoder.column_embedding[0], atol=1e-6)
+    assert torch.allclose(tokens[0, 1], encoder.missing_embedding[1] + encoder.column_embedding[1])
+    assert torch.isfinite(tokens[1]).all()
+    tokens.sum().backward()
+    assert periodic.grad is not None and periodic.grad.abs().sum() > 0  # the frequencies are learned
+
+
+def test_table_numeric_embedding_defaults_to_linear_for_saved_models():
+    """A model saved before the setting existed has no such field in its config: it must build as trained."""
+    config = TableEncoder.Config.model_validate({"continuous_columns": 3, "categorical_cardinalities": [4]})
+    assert config.numeric_embedding == "linear"
+    with pytest.raises(ValueError, match="numeric_embedding"):
+        TableEncoder.Config(numeric_embedding="binned")
+
+
 def test_table_with_one_kind_of_column_only():
     encoder = build("table", continuous_columns=0, categorical_cardinalities=[3, 7])
     inputs = example(encoder)

@@ -147,13 +147,15 @@ def test_text_model_learns_to_answer_generates_and_ranks_candidates():
     assert scores["positive"][0] > scores["negative"][0] and scores["negative"][1] > scores["positive"][1]
 
 
-def test_checkpoint_keeps_the_target_scaling_of_a_regression_head(tmp_path):
+@pytest.mark.parametrize("numeric_embedding", ["linear", "periodic"])
+def test_checkpoint_keeps_the_target_scaling_of_a_regression_head(tmp_path, numeric_embedding):
     from allspark.model import load_checkpoint, save_checkpoint
 
-    model = build("table")
+    model = build("table", encoder={"numeric_embedding": numeric_embedding})
     model.head.scaling.fit(torch.tensor([[35.0], [80.0], [120.0]]))
     inputs, _ = model.example_batch(2)
     restored = load_checkpoint(save_checkpoint(model, tmp_path / "table"), device="cpu")
     assert "head.scaling.mean" in restored.trainable_state_dict()
     torch.testing.assert_close(restored.predict(inputs), model.predict(inputs))
     assert restored.predict(inputs).mean() > 20  # in µg/m³, not in normalised units
+    assert restored.encoder.config.numeric_embedding == numeric_embedding

@@ -120,6 +120,7 @@ def test_config_needs_train_or_checkpoint_and_the_example_validates(tmp_path):
     example = load_sensors_config(Path(__file__).resolve().parents[1] / "deployments" / "sensors-prsa.yaml")
     assert example.language.layers == 2 and example.train.max_train_rows == 2000 and example.fine_tunes
     assert example.table.targets == ["PM2.5"] and example.table.time.timezone == "Asia/Shanghai"
+    assert example.model.numeric_embedding == "periodic"  # the library's default is linear (README)
 
 
 @pytest.mark.parametrize("table, message", [

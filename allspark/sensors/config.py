@@ -35,6 +35,12 @@ class SensorModelConfig(SettingsBlock):
     num_queries: int = Field(4, ge=1, description="bridge queries the LM reads per row (8, with 2 bridge blocks: "
                                                   "2.4x the training time)")
     bridge_depth: int = Field(1, ge=1, description="the bridge's cross-attention blocks")
+    numeric_embedding: Literal["linear", "periodic"] = Field(
+        "linear", description="how the encoder embeds a continuous value: linear (FT-Transformer's) or periodic (PLR: "
+                              "learned frequencies, then a linear layer and ReLU). On PRSA periodic is better for "
+                              "estimating the hour from its other columns, linear for forecasts from the target's "
+                              "history (README)")
+    frequency_scale: float = Field(0.1, gt=0, description="periodic: std of the frequencies' start per std of a value")
     use_location: bool = Field(True, description="describe each station by its longitude, latitude and attributes")
     use_station_id: bool = Field(True, description="also give the model each training station's id embedding")
     station_id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training rows shown without their id")
@@ -56,7 +62,8 @@ class SensorModelConfig(SettingsBlock):
         return AllSparkConfig(
             modality="table",
             encoder={"continuous_columns": continuous, "categorical_cardinalities": cardinalities,
-                     "width": self.width, "depth": self.depth},
+                     "width": self.width, "depth": self.depth, "numeric_embedding": self.numeric_embedding,
+                     "frequency_scale": self.frequency_scale},
             bridge={"num_queries": self.num_queries, "depth": self.bridge_depth},
             head={"kind": "regression", "outputs": len(targets)},
             class_names=tuple(targets),

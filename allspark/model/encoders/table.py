@@ -6,9 +6,19 @@ encoder: one embedding per column, discrete and continuous columns embedded apar
 
 What we do:
 
-- **Continuous column c:** ``value * w_c + column_c``: a per-column linear embedding of the value,
-  whose bias is the column-identity embedding. TabFormer quantises continuous fields into bins
-  first; the linear embedding (as in FT-Transformer) needs no binning and keeps the value exact.
+- **Continuous column c**, by ``numeric_embedding``:
+
+  - ``linear``: ``value * w_c + column_c``, a per-column linear embedding of the value whose bias
+    is the column-identity embedding (FT-Transformer's). TabFormer quantises continuous fields
+    into bins first; the linear embedding needs no binning and keeps the value exact. But every
+    value of a column lies on one line, so any threshold (PM2.5 rises steeply once CO passes a
+    level) must be found by the layers after it, which is where trees beat such networks.
+  - ``periodic``: ``ReLU(Linear_c([cos(2 pi f_c value), sin(2 pi f_c value)])) + column_c`` with
+    ``frequencies`` learned frequencies per column, started at N(0, ``frequency_scale``): the PLR
+    embedding of Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep
+    Learning" (NeurIPS 2022), which closes much of the gap to gradient-boosted trees. Built with
+    their package ``rtdl_num_embeddings``.
+
   Values should be standardised per column by the data pipeline (the encoder does not rescale).
 - **Missing continuous cells (NaN)** become a learned per-column *missing* embedding
   (``missing_c + column_c``): real sensor tables have gaps (PRSA has them in every pollutant and
@@ -29,10 +39,11 @@ sensors pipeline sets both from the run's ``table`` block.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, model_validator
+from rtdl_num_embeddings import PeriodicEmbeddings
 from torch import nn
 
 from allspark.model.encoders.base import AttentionEncoderConfig, EncoderOutput, Inputs, ModalityEncoder
@@ -63,6 +74,13 @@ class TableConfig(AttentionEncoderConfig):
     width: int = Field(64, ge=1, description="token width (divisible by heads)")
     depth: int = Field(1, ge=0, description="Transformer layers over the column tokens (paper: 1)")
     heads: int = Field(4, ge=1, description="attention heads")
+    numeric_embedding: Literal["linear", "periodic"] = Field(
+        "linear", description="how a continuous value becomes a token: linear (FT-Transformer) or periodic (PLR, "
+                              "Gorishniy et al. 2022); linear is the default so models saved before it load as trained",
+    )
+    frequencies: int = Field(16, ge=1, description="periodic: learned frequencies per continuous column")
+    frequency_scale: float = Field(0.1, gt=0, description="periodic: std of the frequencies' start, per std of the "
+                                                          "value (the PLR paper's sigma; it matters)")
 
     @model_validator(mode="after")
     def _check(self) -> TableConfig:
@@ -93,7 +111,12 @@ class TableEncoder(ModalityEncoder):
         cardinalities = torch.tensor(config.categorical_cardinalities, dtype=torch.long)
         columns = config.continuous_columns + len(cardinalities)
         self.column_embedding = nn.Parameter(torch.randn(columns, config.width) * 0.02)
-        self.value_weight = nn.Parameter(torch.randn(config.continuous_columns, config.width) * 0.02)
+        if config.numeric_embedding == "periodic":
+            self.periodic = PeriodicEmbeddings(config.continuous_columns, config.width,
+                                               n_frequencies=config.frequencies,
+                                               frequency_init_scale=config.frequency_scale, lite=False)
+        else:
+            self.value_weight = nn.Parameter(torch.randn(config.continuous_columns, config.width) * 0.02)
         self.missing_embedding = nn.Parameter(torch.randn(config.continuous_columns, config.width) * 0.02)
         # Column j's table holds rows offset_j .. offset_j + cardinality_j, the last one for "missing".
         self.category_embedding = nn.Embedding(int((cardinalities + 1).sum()), config.width)
@@ -133,16 +156,21 @@ class TableEncoder(ModalityEncoder):
     def encode(self, inputs: Inputs) -> EncoderOutput:
         parts = []
         if self.config.continuous_columns:
-            values = inputs["continuous"].to(self.value_weight.dtype)
+            values = inputs["continuous"].to(self.missing_embedding.dtype)
             present = ~values.isnan()[..., None]  # (B, Cc, 1)
-            scaled = values.nan_to_num()[..., None] * self.value_weight
-            parts.append(torch.where(present, scaled, self.missing_embedding))
+            parts.append(torch.where(present, self.embed_values(values.nan_to_num()), self.missing_embedding))
         if self.config.categorical_cardinalities:
             categories = inputs["categorical"].long()
             rows = self.category_offsets + torch.where(categories == MISSING_CATEGORY, self.cardinalities, categories)
             parts.append(self.category_embedding(rows))
         tokens = torch.cat(parts, dim=1) + self.column_embedding
         return EncoderOutput(tokens=self.trunk(tokens))
+
+    def embed_values(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, Cc)`` standardised values (no NaN) -> ``(B, Cc, width)`` value embeddings."""
+        if self.config.numeric_embedding == "periodic":
+            return self.periodic(values)
+        return values[..., None] * self.value_weight
 
     @classmethod
     def example_inputs(
