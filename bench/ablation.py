@@ -19,8 +19,8 @@ split), never a model or a checkpoint. The held-out data is fixed across seeds; 
 subsample follows the seed (the trajectories flow draws it from the run seed), the others' does not.
 
 By default the budgets are smaller than the headline benchmarks' (each :class:`Benchmark`'s
-``budget``), so that the whole ablation (5 benchmarks x 4 variants x 3 seeds) takes about 35
-minutes on a quiet 2-core CPU. ``--headline`` runs each benchmark at its headline budget instead
+``budget``), so that the whole ablation (5 benchmarks x 4 variants x 3 seeds) stays short: about 30
+minutes on a quiet 2-core CPU before PRSA's chronological split joined (not yet timed with it). ``--headline`` runs each benchmark at its headline budget instead
 (the standalone benchmark's defaults, ``Benchmark.headline``) and writes ablation_headline.json;
 with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
 where the whole ablation would take hours (ETH: 12 runs of 13 minutes)::

@@ -16,8 +16,8 @@ What we do:
   - ``periodic``: ``ReLU(Linear_c([cos(2 pi f_c value), sin(2 pi f_c value)])) + column_c`` with
     ``frequencies`` learned frequencies per column, started at N(0, ``frequency_scale``): the PLR
     embedding of Gorishniy et al., "On Embeddings for Numerical Features in Tabular Deep
-    Learning" (NeurIPS 2022), which closes much of the gap to gradient-boosted trees. Built with
-    their package ``rtdl_num_embeddings``.
+    Learning" (NeurIPS 2022), who find it narrows the gap to gradient-boosted trees (on PRSA: the
+    README). Built with their package ``rtdl_num_embeddings``.
 
   Values should be standardised per column by the data pipeline (the encoder does not rescale).
 - **Missing continuous cells (NaN)** become a learned per-column *missing* embedding
