@@ -563,7 +563,7 @@ def main() -> None:
     kept = kept_experiments(RESULTS / "prsa.json", ran, {**asdict(budget), "splits": list(args.splits),
                                                           "horizons": list(args.horizons), "seed": args.seed,
                                                           "data": str(args.data)})
-    rows += [row for row in kept["results"] if row["experiment"] not in ran]
+    rows += kept["results"]
     seconds = {**{name: kept["seconds"][name] for name in kept["experiments"]}, **seconds}
     ran = [name for name in EXPERIMENTS if name in ran or name in kept["experiments"]]
     result = {
