@@ -23,19 +23,23 @@ By default the budgets are smaller than the headline benchmarks' (each :class:`B
 minutes on a quiet 2-core CPU before PRSA's chronological split joined (not yet timed with it). ``--headline`` runs each benchmark at its headline budget instead
 (the standalone benchmark's defaults, ``Benchmark.headline``) and writes ablation_headline.json;
 with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
-where the whole ablation would take hours (ETH: 12 runs of 13 minutes)::
+where the whole ablation would take hours (ETH: 12 runs of 13 minutes). ``--long`` runs the
+benchmarks that have a longer CPU budget (``Benchmark.long``: at most 30 minutes of training a run
+here, for the variants that fit it) and writes ablation_long.json::
 
     python -m bench.ablation               # everything; results written after each benchmark
     python -m bench.ablation --quick       # land cover only, 4 variants x 1 seed (~2 minutes)
     python -m bench.ablation --only eth prsa --seeds 0 1
     python -m bench.ablation --headline --only losloop landcover
     python -m bench.ablation --headline --only eth prsa --variants c_lm_adapters
+    python -m bench.ablation --long --variants a_no_lm
 
 Benchmarks whose data (../shared/data) is missing are skipped and named in the notes. With
 ``--only``, the other benchmarks' results of the previous run at the same budget (same seeds and
 setting) are kept. ``bench/results/headlines.json`` holds one record per benchmark and metric for
 scripts: AllSpark as it ships (c) over the seeds, the best simple baseline, the paper's figure and
-the budget (:func:`headlines`), at the headline budget where that has run, else at the ablation's.
+the budget (:func:`headlines`), at the headline budget where that has run, else at the ablation's,
+and a record per variant that ran at a longer budget.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ VARIANTS = {
     "d_irrelevant_prompt": ("(d) irrelevant prompt", {"prompt": IRRELEVANT_PROMPT}),
 }
 SEEDS = (0, 1, 2)
+OUTPUTS = {"ablation": "ablation", "headline": "ablation_headline", "long": "ablation_long"}
+"""Each budget level's results file (``bench/results/<name>.json``); the quick budget writes the ablation's."""
+BUDGET_WORDS = {"ablation": "smaller than the headline benchmarks'", "headline": "the headline benchmarks'",
+                "long": "longer than the headline benchmarks' (at most 30 minutes of training a run here)"}
 
 
 def silent(line: str) -> None:
@@ -90,6 +98,7 @@ class Benchmark:
     run: Callable[[object, dict, int, dict], dict]  # (prepared, budget, seed, model overrides) -> metrics
     baseline: Callable[[object, dict], dict]  # (prepared, budget) -> {metric key: (name, value)}
     quick_budget: dict | None = None
+    long: dict | None = None  # a longer CPU budget (``--long``), where the headline's is short of converging
     module: str = ""  # the standalone benchmark, where it is not ``bench.<name>``
 
     @property
@@ -173,6 +182,7 @@ def prsa_benchmark(rule: str, unit: str, paper: dict[str, str]) -> Benchmark:
         budget={"train_rows": 4000, "test_rows": 2000, "epochs": 1, "random_split_epochs": None, "llm_layers": 2,
                 "lr": 1e-3},
         headline=asdict(prsa.DEFAULT),
+        long=asdict(prsa.LONG) if rule == "random" else None,
         metrics=(Metric("rmse", "RMSE", True, 2), Metric("mae", "MAE", True, 2), Metric("r2", "R2", False)),
         paper=paper,
         data=lambda: any(prsa.DATA.glob(prsa.PATTERN)),
@@ -257,6 +267,7 @@ BENCHMARKS = {
     ),
 }
 QUICK_BENCHMARKS = ["landcover"]
+LONG_BENCHMARKS = [name for name, benchmark in BENCHMARKS.items() if benchmark.long]
 
 
 def spread(values: list[float]) -> dict:
@@ -306,13 +317,12 @@ def cell(stats: dict, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def table_lines(done: dict, seeds: list[int], headline: bool) -> list[str]:
+def table_lines(done: dict, seeds: list[int], level: str) -> list[str]:
     names = [label for label, _ in VARIANTS.values()]
     lines = [
         (f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))} (min-max in the JSON); "
-         "↑ higher is better, ↓ lower is better. Budgets are "
-         + ("the headline benchmarks'" if headline else "smaller than the headline benchmarks'")
-         + " (settings below); - = variant not run."),
+         f"↑ higher is better, ↓ lower is better. Budgets are {BUDGET_WORDS[level]} (settings below); "
+         "- = variant not run."),
         "",
         "| benchmark | metric | " + " | ".join(names) + " | baseline, same data | paper's AllSpark |",
         "|---|---|" + "---:|" * len(names) + "---|---|",
@@ -338,17 +348,22 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--headline", action="store_true",
                         help="each benchmark at its headline budget (the standalone benchmark's defaults)")
+    parser.add_argument("--long", action="store_true",
+                        help="the benchmarks with a longer CPU budget, at it (" + ", ".join(LONG_BENCHMARKS) + ")")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="run these variants only")
     args = parser.parse_args()
-    if args.quick and args.headline:
-        parser.error("--quick and --headline are two different budgets: choose one")
-    names = args.only or (QUICK_BENCHMARKS if args.quick else list(BENCHMARKS))
+    if args.quick + args.headline + args.long > 1:
+        parser.error("--quick, --headline and --long are different budgets: choose one")
+    level = "headline" if args.headline else "long" if args.long else "ablation"
+    names = args.only or (QUICK_BENCHMARKS if args.quick else LONG_BENCHMARKS if args.long else list(BENCHMARKS))
+    if args.long and (short := [name for name in names if name not in LONG_BENCHMARKS]):
+        parser.error(f"no longer budget for {', '.join(short)}: --long runs {', '.join(LONG_BENCHMARKS)}")
     seeds = args.seeds or ([0] if args.quick else list(SEEDS))
     variants = {key: VARIANTS[key] for key in VARIANTS if key in (args.variants or VARIANTS)}
     skipped = [name for name in names if not BENCHMARKS[name].data()]
     names = [name for name in names if name not in skipped]
-    budgets = {name: budget_of(BENCHMARKS[name], args.quick, args.headline) for name in names}
-    output = "ablation_headline" if args.headline else "ablation"
+    budgets = {name: budget_of(BENCHMARKS[name], args.quick, level) for name in names}
+    output = OUTPUTS[level]
     total, count, started = len(names) * len(variants) * len(seeds), 0, time.perf_counter()
     done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick)
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
@@ -368,14 +383,15 @@ def main() -> None:
                       f"training {metrics['train_seconds']:.0f} s", flush=True)
         runs += bench_runs
         done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
-        write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, args.headline,
+        write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, level,
               time.perf_counter() - started, kept=list(kept_budgets))
 
 
-def budget_of(benchmark: Benchmark, quick: bool, headline: bool) -> dict:
-    """The budget a run uses: the headline's, the quick one (where the benchmark has one) or the ablation's."""
-    if headline:
-        return dict(benchmark.headline)
+def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
+    """The budget a run uses: the headline's, the long one, the quick one (where the benchmark has one) or the
+    ablation's."""
+    if level in ("headline", "long"):
+        return dict(getattr(benchmark, level))
     return dict(benchmark.quick_budget if quick and benchmark.quick_budget else benchmark.budget)
 
 
@@ -398,39 +414,46 @@ def headlines() -> list[dict]:
     """One record per benchmark and metric, for scripts: AllSpark as it ships (variant c) over the seeds, the best
     simple baseline of the same data, the paper's figure (null where it has none) and the budget.
 
-    A benchmark's records come from ablation_headline.json where (c) ran there, else from ablation.json
-    (``budget`` says which: "headline" or "ablation").
+    A benchmark's records of (c) come from ablation_headline.json where (c) ran there, else from ablation.json
+    (``budget`` says which: "headline" or "ablation"); every variant that ran at a longer budget
+    (ablation_long.json) adds its own records (``budget`` "long", ``variant`` which).
     """
     records, taken = [], set()
-    for output, budget in (("ablation_headline", "headline"), ("ablation", "ablation")):
-        path = RESULTS / f"{output}.json"
+    for level in ("long", "headline", "ablation"):
+        path = RESULTS / f"{OUTPUTS[level]}.json"
         result = json.loads(path.read_text()) if path.is_file() else {"summary": {}}
         for name, summary in result["summary"].items():
             benchmark = BENCHMARKS.get(name)
-            if benchmark is None or name in taken or "c_lm_adapters" not in summary[benchmark.metrics[0].key]:
+            ran = summary[benchmark.metrics[0].key] if benchmark else {}
+            variants = list(ran) if level == "long" else ["c_lm_adapters"] if "c_lm_adapters" in ran else []
+            if name in taken or not variants:
                 continue
-            taken.add(name)
-            for metric in benchmark.metrics:
-                shipped = {r["seed"]: r["metrics"][metric.key] for r in result["runs"]
-                           if r["benchmark"] == name and r["variant"] == "c_lm_adapters"}
-                stats = summary[metric.key]["c_lm_adapters"]
-                baseline, value = result["baselines"][name][metric.key]
-                try:
-                    paper = float(benchmark.paper[metric.key])
-                except ValueError:
-                    paper = None
-                records.append({
-                    "benchmark": name, "split": benchmark.split, "metric": metric.key,
-                    "lower_is_better": metric.lower_is_better,
-                    "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": shipped},
-                    "baselines": {baseline: value}, "paper": paper, "settings": result["settings"]["budgets"][name],
-                    "budget": budget,
-                })
+            if level != "long":
+                taken.add(name)
+            records += [headline_record(benchmark, result, level, variant, metric)
+                        for variant in variants for metric in benchmark.metrics]
     return records
 
 
+def headline_record(benchmark: Benchmark, result: dict, level: str, variant: str, metric: Metric) -> dict:
+    """One :func:`headlines` record: ``variant``'s ``metric`` over the seeds of ``result`` (a results file)."""
+    name = benchmark.name
+    seeds = {r["seed"]: r["metrics"][metric.key] for r in result["runs"]
+             if r["benchmark"] == name and r["variant"] == variant}
+    stats = result["summary"][name][metric.key][variant]
+    baseline, value = result["baselines"][name][metric.key]
+    try:
+        paper = float(benchmark.paper[metric.key])
+    except ValueError:
+        paper = None
+    return {"benchmark": name, "split": benchmark.split, "metric": metric.key,
+            "lower_is_better": metric.lower_is_better, "variant": variant, "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": seeds},
+            "baselines": {baseline: value}, "paper": paper, "settings": result["settings"]["budgets"][name],
+            "budget": level}
+
+
 def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict,
-          skipped: list[str], quick: bool, headline: bool, seconds: float, kept: list[str] = ()) -> None:
+          skipped: list[str], quick: bool, level: str, seconds: float, kept: list[str] = ()) -> None:
     """Write ``output``.json and .md with every benchmark finished so far (the file says which are missing), then
     headlines.json."""
     done = {name: done[name] for name in BENCHMARKS if name in done}  # one order, however they were run
@@ -447,9 +470,8 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
         ("Adapters in (c) and (d): one after every 2nd LM layer, so " + ", ".join(
             f"{name} {budgets[name]['llm_layers'] // 2}" for name in names) + "; they start as the identity, "
          "so (b) and (c) differ only by what the adapters learn."),
-        (f"Budgets here are {'the' if headline else 'smaller than the'} headline benchmarks' ({headline_budgets}), "
-         "and far smaller than the paper's (all of Vicuna-7B, tens of epochs): the LM here is the first 2-4 of "
-         "SmolLM2-135M's 30 layers."),
+        (f"Budgets here are {BUDGET_WORDS[level]} ({headline_budgets}), and far smaller than the paper's (all of "
+         "Vicuna-7B, tens of epochs): the LM here is the first 2-4 of SmolLM2-135M's 30 layers."),
     ]
     if skipped:
         notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")
@@ -460,11 +482,12 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
         notes.append(f"Not finished yet (partial file, written after each benchmark): {', '.join(pending)}.")
     result = {
         "benchmark": output,
-        "command": "python -m bench.ablation" + (" --headline" if headline else ""),
+        "command": "python -m bench.ablation" + ("" if level == "ablation" else f" --{level}"),
         "title": ("Ablation: no LM / frozen LM / LM + adapters / irrelevant prompt, same data, budget and seeds"
-                  + (", at the headline budgets" if headline else "")),
+                  + ("" if level == "ablation" else f", at the {level} budgets")),
         **environment(),
-        "settings": {"quick": quick, "headline": headline, "seeds": seeds, "budgets": budgets,
+        "settings": {"quick": quick, "headline": level == "headline", "level": level, "seeds": seeds,
+                     "budgets": budgets,
                      "irrelevant_prompt": IRRELEVANT_PROMPT,
                      "variants": {key: label for key, (label, _) in VARIANTS.items()},
                      "variant_overrides": {key: overrides for key, (_, overrides) in VARIANTS.items()},
@@ -476,9 +499,10 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
         "paper": {name: BENCHMARKS[name].paper for name in done},
         "runs": runs,
         "notes": notes,
-        "headline": [f"Ablation{' at the headline budgets' if headline else ''}: {line}" for line in readings],
+        "headline": [f"Ablation{'' if level == 'ablation' else f' at the {level} budgets'}: {line}"
+                     for line in readings],
     }
-    table = table_lines(done, seeds, headline) + ["", "Budgets: " + "; ".join(
+    table = table_lines(done, seeds, level) + ["", "Budgets: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in budgets[name].items()) for name in names) + "."]
     write_results(output, result, table)
     (RESULTS / "headlines.json").write_text(json.dumps(headlines(), indent=2) + "\n")

@@ -17,7 +17,8 @@ from bench.common import RESULTS
 OUTPUT = RESULTS.parent / "RESULTS.md"
 NOT_SECTIONS = ("suite", "headlines")
 """Files in results/ that are not a benchmark's section: the suite's run list, the ablation's headline records."""
-ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "mapcost", "chipgrid", "storage", "modalities", "eth", "prsa", "losloop", "ablation", "ablation_headline"]
+ORDER = ["ingest", "inference", "memory", "scaling", "overhead", "landcover", "mapcost", "chipgrid", "storage",
+         "modalities", "eth", "prsa", "losloop", "ablation", "ablation_headline", "ablation_long"]
 
 
 def _load(name: str) -> tuple[dict, str] | None:
