@@ -313,6 +313,17 @@ def reading(benchmark: Benchmark, summary: dict) -> list[str]:
     return [f"{benchmark.title}: " + "; ".join(parts) + f". Training with the LM took {slower:.1f}x as long as without."]
 
 
+def figures(benchmark: Benchmark, summary: dict, baseline: dict) -> str:
+    """The first metric of every variant that ran, with the baseline and the paper: the line of a benchmark that has
+    no :func:`reading` (a budget where (a) or (c) did not run)."""
+    metric = benchmark.metrics[0]
+    ran = "; ".join(f"{VARIANTS[variant][0]} {cell(stats, metric.digits)}"
+                    for variant, stats in summary[metric.key].items())
+    base_name, base_value = baseline[metric.key]
+    return (f"{benchmark.title}, {metric.label}: {ran} (baseline {base_name} {base_value:.{metric.digits}f}; "
+            f"paper's AllSpark {benchmark.paper[metric.key]}).")
+
+
 def cell(stats: dict, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
@@ -458,7 +469,8 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
     headlines.json."""
     done = {name: done[name] for name in BENCHMARKS if name in done}  # one order, however they were run
     pending = [name for name in names if name not in done]
-    readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])]
+    readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])
+                or [figures(BENCHMARKS[name], entry["summary"], entry["baseline"])]]
     headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
     notes = [
         *readings,
