@@ -458,7 +458,8 @@ def headline_record(benchmark: Benchmark, result: dict, level: str, variant: str
     except ValueError:
         paper = None
     return {"benchmark": name, "split": benchmark.split, "metric": metric.key,
-            "lower_is_better": metric.lower_is_better, "variant": variant, "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": seeds},
+            "lower_is_better": metric.lower_is_better, "variant": variant,
+            "allspark": {"mean": stats["mean"], "std": stats["std"], "seeds": seeds},
             "baselines": {baseline: value}, "paper": paper, "settings": result["settings"]["budgets"][name],
             "budget": level}
 
