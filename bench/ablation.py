@@ -36,10 +36,11 @@ here, for the variants that fit it) and writes ablation_long.json::
 
 Benchmarks whose data (../shared/data) is missing are skipped and named in the notes. With
 ``--only``, the other benchmarks' results of the previous run at the same budget (same seeds and
-setting) are kept. ``bench/results/headlines.json`` holds one record per benchmark and metric for
-scripts: AllSpark as it ships (c) over the seeds, the best simple baseline, the paper's figure and
-the budget (:func:`headlines`), at the headline budget where that has run, else at the ablation's,
-and a record per variant that ran at a longer budget.
+setting) are kept; with ``--variants``, so are the other variants of a benchmark rerun at the same
+budget. ``bench/results/headlines.json`` holds one record per benchmark and metric for scripts:
+AllSpark as it ships (c) over the seeds, the best simple baseline, the paper's figure and the budget
+(:func:`headlines`), at the headline budget where that has run, else at the ablation's, and a record
+per variant that ran at a longer budget.
 """
 
 from __future__ import annotations
@@ -376,12 +377,15 @@ def main() -> None:
     budgets = {name: budget_of(BENCHMARKS[name], args.quick, level) for name in names}
     output = OUTPUTS[level]
     total, count, started = len(names) * len(variants) * len(seeds), 0, time.perf_counter()
-    done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick)
+    done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick, budgets, variants)
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
+    kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier)
+                             for name in names if (earlier := {r["variant"] for r in runs if r["benchmark"] == name}))]
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
-        bench_runs = []
+        bench_runs = [run for run in runs if run["benchmark"] == name]  # the variants not rerun, kept
+        runs = [run for run in runs if run["benchmark"] != name]
         for seed in seeds:
             for variant, (label, overrides) in variants.items():
                 count += 1
@@ -395,7 +399,7 @@ def main() -> None:
         runs += bench_runs
         done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
         write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, level,
-              time.perf_counter() - started, kept=list(kept_budgets))
+              time.perf_counter() - started, kept=kept)
 
 
 def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
@@ -406,9 +410,13 @@ def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
     return dict(benchmark.quick_budget if quick and benchmark.quick_budget else benchmark.budget)
 
 
-def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool) -> tuple[dict, list[dict], dict]:
-    """The benchmarks of the previous results at ``path`` that this run does not redo, when it ran the same seeds and
-    setting: their summaries and baselines, runs and budgets (so ``--only losloop`` updates Los-loop, keeps the rest)."""
+def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool, budgets: dict,
+                 variants: dict) -> tuple[dict, list[dict], dict]:
+    """What this run keeps of the previous results at ``path``, when those ran the same seeds and setting.
+
+    The benchmarks it does not redo: their summaries and baselines, runs and budgets (so ``--only losloop`` updates
+    Los-loop, keeps the rest). And the runs of the variants it does not redo on a benchmark it reruns at the same
+    budget (so ``--variants b_frozen_lm`` adds (b) beside the (a) and (c) that ran before)."""
     if not path.is_file():
         return {}, [], {}
     previous = json.loads(path.read_text())
@@ -416,8 +424,10 @@ def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool) ->
     if settings.get("seeds") != seeds or settings.get("quick") != quick:
         return {}, [], {}
     others = [name for name in previous.get("summary", {}) if name not in names and name in BENCHMARKS]
+    same_budget = [name for name in names if settings["budgets"].get(name) == budgets[name]]
     done = {name: {"summary": previous["summary"][name], "baseline": previous["baselines"][name]} for name in others}
-    runs = [run for run in previous.get("runs", []) if run["benchmark"] in others]
+    runs = [run for run in previous.get("runs", []) if run["benchmark"] in others
+            or (run["benchmark"] in same_budget and run["variant"] not in variants)]
     return done, runs, {name: settings["budgets"][name] for name in others}
 
 
