@@ -32,6 +32,7 @@ here, for the variants that fit it) and writes ablation_long.json::
     python -m bench.ablation --only eth prsa --seeds 0 1
     python -m bench.ablation --headline --only losloop landcover
     python -m bench.ablation --headline --only eth prsa --variants c_lm_adapters
+    python -m bench.ablation --headline --only prsa --variants b_frozen_lm d_irrelevant_prompt
     python -m bench.ablation --long --variants a_no_lm
 
 Benchmarks whose data (../shared/data) is missing are skipped and named in the notes. With
@@ -362,7 +363,8 @@ def main() -> None:
                         help="each benchmark at its headline budget (the standalone benchmark's defaults)")
     parser.add_argument("--long", action="store_true",
                         help="the benchmarks with a longer CPU budget, at it (" + ", ".join(LONG_BENCHMARKS) + ")")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="run these variants only")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="run these variants only (the others' previous runs at the same budget are kept)")
     args = parser.parse_args()
     if args.quick + args.headline + args.long > 1:
         parser.error("--quick, --headline and --long are different budgets: choose one")
