@@ -501,9 +501,9 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
     if skipped:
         notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")
     if kept:
-        notes.append(f"Kept from the previous run at this budget (not rerun this time): {'; '.join(kept)}. Their "
-                     "training times are that run's (the settings' seconds count this run only): compare training "
-                     "times between variants that ran together.")
+        notes.append(f"Kept from the previous results file at this budget (not rerun this time): {'; '.join(kept)}. "
+                     "Their training times are those of the earlier runs that made them (the settings' seconds count "
+                     "this run only): compare training times between variants that ran together.")
     if pending:
         notes.append(f"Not finished yet (partial file, written after each benchmark): {', '.join(pending)}.")
     result = {
