@@ -241,6 +241,7 @@ BENCHMARKS = {
         split="ETH scene held out (leave-one-scene-out), 8 -> 12 steps",
         budget={"train_windows": 3000, "epochs": 1, "llm_layers": 4, "learning_rate": 1e-3, "warmup_epochs": 0.2},
         headline=eth.DEFAULT_SETTING,
+        long=eth.LONG_SETTING,
         metrics=(Metric("min_ade", "ADE best-of-20", True), Metric("min_fde", "FDE best-of-20", True),
                  Metric("ade", "ADE most likely", True), Metric("fde", "FDE most likely", True)),
         paper={"min_ade": "0.43", "min_fde": "0.69", "ade": "not reported", "fde": "not reported"},

@@ -44,6 +44,8 @@ class HeadConfig(BaseModel):
     outputs: int | None = Field(None, ge=1, description="regression values per sample or per element")
     horizon: int | None = Field(None, ge=1, description="trajectory: future steps")
     modes: int | None = Field(None, ge=1, description="trajectory: candidate futures (K)")
+    end_point_weight: float | None = Field(None, ge=0, description="trajectory: weight of the end-point distance "
+                                           "beside the mean distance in choosing the winner candidate (0 if unset)")
 
     @model_validator(mode="after")
     def _sizes_match_kind(self) -> HeadConfig:
@@ -55,11 +57,13 @@ class HeadConfig(BaseModel):
             "trajectory": {"horizon", "modes"},
             "language": set(),
         }[self.kind]
-        given = {name for name in ("num_classes", "outputs", "horizon", "modes") if getattr(self, name) is not None}
+        optional = {"end_point_weight"} if self.kind == "trajectory" else set()
+        given = {name for name in ("num_classes", "outputs", "horizon", "modes", "end_point_weight")
+                 if getattr(self, name) is not None}
         if needed - given:
             raise ValueError(f"head kind {self.kind!r} needs {sorted(needed - given)}")
-        if given - needed:
-            raise ValueError(f"head kind {self.kind!r} does not use {sorted(given - needed)}")
+        if given - needed - optional:
+            raise ValueError(f"head kind {self.kind!r} does not use {sorted(given - needed - optional)}")
         return self
 
 
@@ -185,8 +189,10 @@ class TrajectoryHead(Head):
     """K candidate futures ``(B, K, horizon, 2)`` and their probabilities, from one linear layer each.
 
     Training is winner-takes-all, as in TUTR: the candidate closest to the true future (mean
-    Euclidean distance) is regressed towards it, and the mode logits learn to pick it
-    (cross-entropy), so the K candidates spread over distinct plausible futures. Targets are
+    Euclidean distance, plus ``end_point_weight`` times the end-point distance) is regressed towards
+    it, and the mode logits learn to pick it (cross-entropy), so the K candidates spread over
+    distinct plausible futures. Weighting the end point makes candidates differ more in where they
+    end, which best-of-K FDE rewards (issue 16). Targets are
     positions relative to the last observed one, normalised per coordinate. The candidates can
     start at k-means clusters of the training futures (:meth:`start_modes_at_clusters`).
     """
@@ -196,6 +202,7 @@ class TrajectoryHead(Head):
     def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
         super().__init__()
         self.horizon, self.modes = config.horizon, config.modes
+        self.end_point_weight = config.end_point_weight or 0.0
         self.futures = nn.Linear(width, config.modes * config.horizon * 2)
         self.mode_logits = nn.Linear(width, config.modes)
         self.scaling = TargetScaling(2)
@@ -227,7 +234,8 @@ class TrajectoryHead(Head):
     def loss(self, output, target):
         futures, logits = output["futures"].float(), output["logits"].float()
         target = self.scaling.normalise(target.float())[:, None]  # (B, 1, T, 2)
-        distance = (futures - target).norm(dim=-1).mean(dim=-1)  # (B, K)
+        gaps = (futures - target).norm(dim=-1)  # (B, K, T)
+        distance = gaps.mean(dim=-1) + self.end_point_weight * gaps[..., -1]
         best = distance.argmin(dim=1)
         chosen = futures[torch.arange(len(futures)), best]
         return F.smooth_l1_loss(chosen, target[:, 0]) + F.cross_entropy(logits, best)

@@ -24,6 +24,8 @@ class TrajectoryModelConfig(StrictModel):
     modes: int = Field(20, ge=1, description="candidate futures K")
     predict_residual: bool = Field(True, description="learn the offset from the constant-velocity extrapolation")
     heading_frame: bool = Field(True, description="turn each window so the agent's heading points along +x")
+    end_point_weight: float = Field(0.0, ge=0, description="weight of the end-point distance beside the mean "
+                                    "distance in choosing the candidate that trains (winner-takes-all)")
     cluster_modes: bool = Field(True, description="start the K candidates at k-means clusters of the training "
                                 "targets")
 
@@ -34,7 +36,8 @@ class TrajectoryModelConfig(StrictModel):
             modality="trajectory",
             encoder={"width": self.width, "depth": self.depth},
             bridge={"num_queries": self.num_queries, "depth": self.bridge_depth},
-            head={"kind": "trajectory", "horizon": horizon, "modes": self.modes},
+            head={"kind": "trajectory", "horizon": horizon, "modes": self.modes,
+                  "end_point_weight": self.end_point_weight or None},
             **language.allspark_fields(),
         )
 
