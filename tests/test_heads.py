@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from allspark.model.encoders.base import EncoderOutput
-from allspark.model.heads import LANGUAGE_IGNORE_INDEX, HeadConfig, LanguageModelHead, build_head
+from allspark.model.heads import (
+    LANGUAGE_IGNORE_INDEX,
+    HeadConfig,
+    LanguageModelHead,
+    build_head,
+    keep_by_final_position,
+)
 
 WIDTH, FEATURES = 16, 8
 
@@ -66,6 +72,31 @@ def test_trajectory_winner_can_weigh_the_end_point(end_point_weight, winner):
     head.loss({"futures": futures, "logits": torch.zeros(1, 2)}, torch.zeros(1, 3, 2)).backward()
     moved = futures.grad.abs().sum(dim=(2, 3))[0] > 0
     assert moved.tolist() == [winner == 0, winner == 1]
+
+
+def test_trajectory_proposals_are_cut_to_modes_by_where_they_end():
+    """Five proposals end in two places, (10, 0) and (0, 10): the two kept end one in each, with the summed mass."""
+    ends = torch.tensor([[10.0, 0], [10.2, 0], [9.9, 0.1], [0, 10], [0.1, 10.1]])
+    futures = torch.stack([ends * step / 3 for step in (1, 2, 3)], dim=1)[None]  # (1, 5, 3, 2), straight paths
+    probabilities = torch.tensor([[0.1, 0.1, 0.1, 0.4, 0.3]])
+    kept, mass = keep_by_final_position(futures, probabilities, keep=2)
+    order = mass[0].argsort(descending=True)
+    torch.testing.assert_close(mass[0, order], torch.tensor([0.7, 0.3]))
+    assert kept[0, order[0], -1].tolist() in ([0.0, 10.0], [0.1, 10.1])
+    torch.testing.assert_close(kept[0, order[1], -1], torch.tensor([10.0, 0]))  # the one nearest the centre
+    # Each window is clustered on its own: the answer does not depend on the batch around it.
+    batch = torch.cat([futures, torch.randn(3, 5, 3, 2, generator=torch.Generator().manual_seed(0))])
+    alone, _ = keep_by_final_position(futures, probabilities, keep=2)
+    together, _ = keep_by_final_position(batch, probabilities.expand(4, 5), keep=2)
+    torch.testing.assert_close(together[:1], alone)
+    # Through the head: 6 proposals trained, 2 answered, probabilities still summing to 1, most likely first.
+    head = build_head(HeadConfig(kind="trajectory", horizon=3, modes=2, proposals=6), WIDTH, FEATURES)
+    raw = head(torch.randn(3, 4, WIDTH), encoded(3))
+    assert raw["futures"].shape == (3, 6, 3, 2)
+    answer = head.postprocess(raw)
+    assert answer["futures"].shape == (3, 2, 3, 2)
+    torch.testing.assert_close(answer["probabilities"].sum(dim=-1), torch.ones(3))
+    assert (answer["probabilities"][:, 0] >= answer["probabilities"][:, 1]).all()
 
 
 def test_trajectory_candidates_start_at_clusters_of_the_training_futures():
@@ -136,6 +167,7 @@ def test_language_head_scores_labelled_tokens_only():
         ({"kind": "trajectory", "horizon": 12}, "needs \\['modes'\\]"),
         ({"kind": "regression", "outputs": 1, "modes": 3}, "does not use \\['modes'\\]"),
         ({"kind": "regression", "outputs": 1, "end_point_weight": 1.0}, "does not use \\['end_point_weight'\\]"),
+        ({"kind": "trajectory", "horizon": 12, "modes": 20, "proposals": 10}, "proposals \\(10\\) must be at least"),
         ({"kind": "segmentation"}, "kind"),
     ],
 )

@@ -171,6 +171,13 @@ def test_config_needs_origin_and_crs_together(tmp_path):
         config(tmp_path, origin=(1.0, 2.0))
 
 
+def test_config_needs_at_least_as_many_proposals_as_modes(tmp_path):
+    with pytest.raises(ValueError, match=r"model.proposals \(10\) must be at least model.modes \(20\)"):
+        config(tmp_path, model={"proposals": 10})
+    head = config(tmp_path, model={"proposals": 60}).model.allspark_config(12, config(tmp_path).language).head
+    assert (head.modes, head.proposals) == (20, 60)
+
+
 # -- windows, coordinates, metrics -----------------------------------------------------------------
 
 

@@ -46,6 +46,8 @@ class HeadConfig(BaseModel):
     modes: int | None = Field(None, ge=1, description="trajectory: candidate futures (K)")
     end_point_weight: float | None = Field(None, ge=0, description="trajectory: weight of the end-point distance "
                                            "beside the mean distance in choosing the winner candidate (0 if unset)")
+    proposals: int | None = Field(None, ge=1, description="trajectory: candidates proposed and trained, cut to "
+                                  "`modes` by clustering their end points (`modes` if unset)")
 
     @model_validator(mode="after")
     def _sizes_match_kind(self) -> HeadConfig:
@@ -57,13 +59,16 @@ class HeadConfig(BaseModel):
             "trajectory": {"horizon", "modes"},
             "language": set(),
         }[self.kind]
-        optional = {"end_point_weight"} if self.kind == "trajectory" else set()
-        given = {name for name in ("num_classes", "outputs", "horizon", "modes", "end_point_weight")
+        optional = {"end_point_weight", "proposals"} if self.kind == "trajectory" else set()
+        given = {name for name in ("num_classes", "outputs", "horizon", "modes", "end_point_weight", "proposals")
                  if getattr(self, name) is not None}
         if needed - given:
             raise ValueError(f"head kind {self.kind!r} needs {sorted(needed - given)}")
         if given - needed - optional:
             raise ValueError(f"head kind {self.kind!r} does not use {sorted(given - needed - optional)}")
+        if self.proposals is not None and self.proposals < self.modes:
+            raise ValueError(f"proposals ({self.proposals}) must be at least modes ({self.modes}): the proposals are "
+                             "cut to modes")
         return self
 
 
@@ -190,11 +195,16 @@ class TrajectoryHead(Head):
 
     Training is winner-takes-all, as in TUTR: the candidate closest to the true future (mean
     Euclidean distance, plus ``end_point_weight`` times the end-point distance) is regressed towards
-    it, and the mode logits learn to pick it (cross-entropy), so the K candidates spread over
+    it, and the mode logits learn to pick it (cross-entropy), so the candidates spread over
     distinct plausible futures. Weighting the end point makes candidates differ more in where they
-    end, which best-of-K FDE rewards (issue 16). Targets are
-    positions relative to the last observed one, normalised per coordinate. The candidates can
-    start at k-means clusters of the training futures (:meth:`start_modes_at_clusters`).
+    end, which best-of-K FDE rewards (issue 16). Targets are positions relative to the last
+    observed one, normalised per coordinate. The candidates can start at k-means clusters of the
+    training futures (:meth:`start_modes_at_clusters`).
+
+    With ``proposals`` above ``modes`` the head proposes and trains more candidates than it
+    answers with, and cuts them to K by clustering their end points
+    (:func:`keep_by_final_position`), as SocialVAE's final-position clustering does: K futures
+    that end far apart cover more of where a walker may go than the K most probable ones.
     """
 
     kind = "trajectory"
@@ -202,19 +212,20 @@ class TrajectoryHead(Head):
     def __init__(self, width: int, feature_dim: int, config: HeadConfig) -> None:
         super().__init__()
         self.horizon, self.modes = config.horizon, config.modes
+        self.proposals = config.proposals or config.modes
         self.end_point_weight = config.end_point_weight or 0.0
-        self.futures = nn.Linear(width, config.modes * config.horizon * 2)
-        self.mode_logits = nn.Linear(width, config.modes)
+        self.futures = nn.Linear(width, self.proposals * config.horizon * 2)
+        self.mode_logits = nn.Linear(width, self.proposals)
         self.scaling = TargetScaling(2)
 
     def forward(self, hidden, encoded):
         pooled = hidden.mean(dim=1)
-        futures = self.futures(pooled).view(len(pooled), self.modes, self.horizon, 2)
+        futures = self.futures(pooled).view(len(pooled), self.proposals, self.horizon, 2)
         return {"futures": futures, "logits": self.mode_logits(pooled)}
 
     @torch.no_grad()
     def start_modes_at_clusters(self, targets: torch.Tensor, seed: int) -> None:
-        """Start the K candidates at k-means centres of training targets ``(N, horizon, 2)``.
+        """Start the candidates at k-means centres of training targets ``(N, horizon, 2)``.
 
         Call it after fitting the target scaling: the centres are taken in normalised units.
 
@@ -225,9 +236,9 @@ class TrajectoryHead(Head):
         from sklearn.cluster import KMeans
 
         flat = self.scaling.normalise(targets.float()).reshape(len(targets), -1).numpy()
-        clusters = min(self.modes, len(flat))  # fewer futures than candidates: some start twice
+        clusters = min(self.proposals, len(flat))  # fewer futures than candidates: some start twice
         centres = KMeans(clusters, n_init=4, random_state=seed).fit(flat).cluster_centers_
-        starts = centres[np.arange(self.modes) % clusters]
+        starts = centres[np.arange(self.proposals) % clusters]
         self.futures.bias.copy_(torch.from_numpy(starts).float().reshape(-1))
         self.futures.weight.mul_(0.1)  # each candidate starts near its centre whatever the input
 
@@ -243,13 +254,69 @@ class TrajectoryHead(Head):
     def postprocess(self, output):
         """``futures`` ``(B, K, horizon, 2)`` in target units and ``probabilities`` ``(B, K)``, most likely first."""
         probabilities = output["logits"].float().softmax(dim=-1)
-        order = probabilities.argsort(dim=-1, descending=True)
         futures = self.scaling.unscale(output["futures"].float())
+        if self.proposals > self.modes:
+            futures, probabilities = keep_by_final_position(futures, probabilities, self.modes)
+        order = probabilities.argsort(dim=-1, descending=True)
         rows = torch.arange(len(order))[:, None]
         return {"futures": futures[rows, order], "probabilities": probabilities[rows, order]}
 
     def example_target(self, output, encoded, inputs, generator):
         return torch.randn((len(output["futures"]), self.horizon, 2), generator=generator)
+
+
+def keep_by_final_position(futures: torch.Tensor, probabilities: torch.Tensor, keep: int, restarts: int = 4,
+                           iterations: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut proposals ``(B, P, T, 2)`` to ``keep`` by k-means on their end points, each window on its own.
+
+    SocialVAE's final-position clustering: each cluster is answered by the proposal that ends
+    nearest its centre, with the cluster's summed probability. As scikit-learn's ``KMeans``
+    (greedy k-means++ seeding, Lloyd's iterations, the restart with the lowest inertia kept), but
+    batched over windows and without chance: restart ``r`` seeds from the ``r``-th most probable
+    proposal's end point (:func:`farthest_first_seeds`), so a window's answer does not depend on
+    the batch around it. A cluster left empty keeps its centre. Returns ``(B, keep, T, 2)`` and
+    ``(B, keep)``.
+    """
+    ends = futures[:, :, -1].float()  # (B, P, 2)
+    rows = torch.arange(len(ends), device=ends.device)[:, None]
+    by_probability = probabilities.argsort(dim=-1, descending=True)
+    best_centres, best_inertia = None, None
+    for restart in range(min(restarts, ends.shape[1])):
+        centres = farthest_first_seeds(ends, keep, by_probability[:, restart])
+        for _ in range(iterations):
+            members = F.one_hot(torch.cdist(ends, centres).argmin(dim=-1), keep).float()  # (B, P, keep)
+            counts = members.sum(dim=1)[..., None]  # (B, keep, 1)
+            centres = torch.where(counts > 0, members.transpose(1, 2) @ ends / counts.clamp(min=1), centres)
+        inertia = torch.cdist(ends, centres).min(dim=-1).values.square().sum(dim=-1)  # (B,)
+        if best_inertia is None:
+            best_centres, best_inertia = centres, inertia
+        else:
+            best_centres = torch.where((inertia < best_inertia)[:, None, None], centres, best_centres)
+            best_inertia = torch.minimum(inertia, best_inertia)
+    members = F.one_hot(torch.cdist(ends, best_centres).argmin(dim=-1), keep).float()
+    mass = (members * probabilities[..., None]).sum(dim=1)  # (B, keep)
+    representatives = torch.cdist(best_centres, ends).argmin(dim=-1)  # (B, keep)
+    return futures[rows, representatives], mass
+
+
+def farthest_first_seeds(points: torch.Tensor, count: int, first: torch.Tensor) -> torch.Tensor:
+    """``count`` k-means starting centres ``(B, count, 2)`` per row of ``points`` ``(B, P, 2)``, from point ``first``.
+
+    Greedy k-means++ without chance: each step weighs the ``2 + log(count)`` points farthest from
+    the centres so far (where k-means++ would draw them at random, farther ones likelier) and
+    keeps the one that leaves the lowest summed squared distance.
+    """
+    rows = torch.arange(len(points), device=points.device)
+    trials = min(2 + int(np.log(count)), points.shape[1])
+    chosen = [points[rows, first]]
+    nearest = (points - chosen[0][:, None]).square().sum(dim=-1)  # (B, P)
+    for _ in range(count - 1):
+        candidates = nearest.topk(trials, dim=-1).indices  # (B, trials)
+        after = torch.minimum(nearest[:, None], torch.cdist(points[rows[:, None], candidates], points).square())
+        best = after.sum(dim=-1).argmin(dim=-1)  # (B,)
+        chosen.append(points[rows, candidates[rows, best]])
+        nearest = after[rows, best]
+    return torch.stack(chosen, dim=1)
 
 
 class DenseHead(Head):

@@ -26,8 +26,18 @@ class TrajectoryModelConfig(StrictModel):
     heading_frame: bool = Field(True, description="turn each window so the agent's heading points along +x")
     end_point_weight: float = Field(0.0, ge=0, description="weight of the end-point distance beside the mean "
                                     "distance in choosing the candidate that trains (winner-takes-all)")
-    cluster_modes: bool = Field(True, description="start the K candidates at k-means clusters of the training "
+    proposals: int | None = Field(None, ge=1, description="candidates proposed and trained; more than modes are "
+                                  "cut to modes by clustering their end points (SocialVAE's final-position "
+                                  "clustering). Unset: modes")
+    cluster_modes: bool = Field(True, description="start the candidates at k-means clusters of the training "
                                 "targets")
+
+    @model_validator(mode="after")
+    def _proposals_cover_modes(self) -> TrajectoryModelConfig:
+        if self.proposals is not None and self.proposals < self.modes:
+            raise ValueError(f"model.proposals ({self.proposals}) must be at least model.modes ({self.modes}): the "
+                             "proposals are cut to the modes")
+        return self
 
     def allspark_config(self, horizon: int, language: LanguageModelSettings):
         from allspark.model.model import AllSparkConfig
@@ -37,7 +47,7 @@ class TrajectoryModelConfig(StrictModel):
             encoder={"width": self.width, "depth": self.depth},
             bridge={"num_queries": self.num_queries, "depth": self.bridge_depth},
             head={"kind": "trajectory", "horizon": horizon, "modes": self.modes,
-                  "end_point_weight": self.end_point_weight or None},
+                  "end_point_weight": self.end_point_weight or None, "proposals": self.proposals},
             **language.allspark_fields(),
         )
 
