@@ -141,12 +141,14 @@ def eth_prepare(budget: dict) -> dict:
 def eth_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
     config = eth.eth_config(eth.DATA, seed, name="ablation-eth", language=model, **budget)
     result = eth.run_allspark(config, prepared["ingested"], log=silent)
-    return {key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "train_seconds")}
+    return {key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "expected_ade", "expected_fde",
+                                         "train_seconds")}
 
 
 def eth_baseline(prepared: dict, budget: dict) -> dict:
     walking = eth.constant_velocity_baseline(prepared["ingested"], prepared["future_steps"])
-    return {f"{best}{key}": ("constant velocity", walking[key]) for key in ("ade", "fde") for best in ("", "min_")}
+    return {f"{which}{key}": ("constant velocity", walking[key])
+            for key in ("ade", "fde") for which in ("", "min_", "expected_")}
 
 
 # -- PRSA ---------------------------------------------------------------------------------------------
@@ -243,8 +245,10 @@ BENCHMARKS = {
         headline=eth.DEFAULT_SETTING,
         long=eth.LONG_SETTING,
         metrics=(Metric("min_ade", "ADE best-of-20", True), Metric("min_fde", "FDE best-of-20", True),
-                 Metric("ade", "ADE most likely", True), Metric("fde", "FDE most likely", True)),
-        paper={"min_ade": "0.43", "min_fde": "0.69", "ade": "not reported", "fde": "not reported"},
+                 Metric("ade", "ADE most likely", True), Metric("fde", "FDE most likely", True),
+                 Metric("expected_ade", "ADE expected", True), Metric("expected_fde", "FDE expected", True)),
+        paper={"min_ade": "0.43", "min_fde": "0.69",
+               **dict.fromkeys(("ade", "fde", "expected_ade", "expected_fde"), "not reported")},
         data=lambda: (eth.DATA / "train").is_dir(),
         prepare=eth_prepare,
         run=eth_run,
@@ -280,11 +284,21 @@ def spread(values: list[float]) -> dict:
 
 
 def summarise(runs: list[dict], benchmark: Benchmark) -> dict:
-    """Mean, std and min-max per variant of every metric and of the training time."""
+    """Mean, std and min-max per variant of every metric and of the training time.
+
+    A variant kept from a results file older than one of the metrics has no figure for it.
+    """
     keys = [m.key for m in benchmark.metrics] + ["train_seconds"]
-    return {key: {variant: spread([r["metrics"][key] for r in runs if r["variant"] == variant])
-                  for variant in VARIANTS if any(r["variant"] == variant for r in runs)}
-            for key in keys}
+    by_variant = {variant: [r["metrics"] for r in runs if r["variant"] == variant] for variant in VARIANTS}
+    summary = {key: {variant: spread([metrics[key] for metrics in ran])
+                     for variant, ran in by_variant.items() if ran and all(key in metrics for metrics in ran)}
+               for key in keys}
+    return {key: stats for key, stats in summary.items() if stats}
+
+
+def measured(benchmark: Benchmark, summary: dict) -> list[Metric]:
+    """The metrics of ``benchmark`` that ``summary`` has (a results file written before a metric existed lacks it)."""
+    return [metric for metric in benchmark.metrics if metric.key in summary]
 
 
 def compare(summary: dict, metric: Metric, better: str, worse: str) -> tuple[float, bool]:
@@ -343,7 +357,7 @@ def table_lines(done: dict, seeds: list[int], level: str) -> list[str]:
     ]
     for name, entry in done.items():
         benchmark, summary, baseline = BENCHMARKS[name], entry["summary"], entry["baseline"]
-        for i, metric in enumerate(benchmark.metrics):
+        for i, metric in enumerate(measured(benchmark, summary)):
             arrow = "↓" if metric.lower_is_better else "↑"
             cells = [cell(summary[metric.key][v], metric.digits) if v in summary[metric.key] else "-" for v in VARIANTS]
             base_name, base_value = baseline[metric.key]
@@ -455,7 +469,8 @@ def headlines() -> list[dict]:
             if level != "long":
                 taken.add(name)
             records += [headline_record(benchmark, result, level, variant, metric)
-                        for variant in variants for metric in benchmark.metrics]
+                        for variant in variants for metric in measured(benchmark, summary)
+                        if variant in summary[metric.key]]
     return records
 
 

@@ -63,6 +63,23 @@ def test_trajectory_head_gives_k_futures_most_likely_first_and_trains_the_closes
     assert moved[:, 2].all() and moved.sum() == 3
 
 
+def test_trajectory_expected_future_is_the_probability_weighted_mean_of_every_proposal():
+    """Left at 0.6, right and three times as far right at 0.2 each: the expected path is their weighted mean, and
+    counts all three proposals though only two are answered."""
+    left, right = torch.tensor([[0.0, 1], [0, 2], [0, 4]]), torch.tensor([[0.0, -1], [0, -2], [0, -4]])
+    head = build_head(HeadConfig(kind="trajectory", horizon=3, modes=2, proposals=3), WIDTH, FEATURES)
+    with torch.no_grad():
+        head.futures.weight.zero_()
+        head.futures.bias.copy_(torch.stack([left, right, right * 3]).reshape(-1))
+        head.mode_logits.weight.zero_()
+        head.mode_logits.bias.copy_(torch.tensor([0.6, 0.2, 0.2]).log())
+    answer = head.postprocess(head(torch.randn(2, 4, WIDTH), encoded(2)))
+    expected = 0.6 * left + 0.2 * right + 0.2 * right * 3
+    torch.testing.assert_close(answer["expected"], expected.expand(2, 3, 2))
+    assert answer["futures"].shape == (2, 2, 3, 2)
+    torch.testing.assert_close(answer["futures"][:, 0], left.expand(2, 3, 2))  # left alone is the most likely
+
+
 @pytest.mark.parametrize(("end_point_weight", "winner"), [(None, 0), (1.0, 1)])
 def test_trajectory_winner_can_weigh_the_end_point(end_point_weight, winner):
     """Candidate 0 is closer on average (0.40 against 0.43), candidate 1 ends closer (0.1 against 1.0)."""

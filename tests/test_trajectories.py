@@ -308,9 +308,11 @@ def test_ade_fde_on_a_known_case():
     truth = np.zeros((1, 3, 2))
     truth[0, :, 0] = [1, 2, 3]
     futures = np.stack([truth[0] + [0, 2], truth[0] + [[0, 0], [0, 0], [0, 1]]])[None]  # K=2, most likely first
-    errors = inputs.displacement_errors(futures, truth)
+    errors = inputs.displacement_errors(futures, truth, expected=truth + [[0, 3], [0, 0], [0, 0]])
     assert errors["ade"][0] == pytest.approx(2) and errors["fde"][0] == pytest.approx(2)
     assert errors["min_ade"][0] == pytest.approx(1 / 3) and errors["min_fde"][0] == pytest.approx(1)
+    assert errors["expected_ade"][0] == pytest.approx(1) and errors["expected_fde"][0] == pytest.approx(0)
+    assert "expected_ade" not in inputs.displacement_errors(futures, truth)
     observed = np.array([[[-1.0, 0], [0, 0]]])
     np.testing.assert_allclose(inputs.constant_velocity(observed, 3)[0, 0], truth[0])
 
@@ -324,12 +326,16 @@ def test_local_engineering_crs_frame_opens(tmp_path):
     futures = np.repeat(windows.future[:, None], 3, axis=1)
     attrs = {"files": [str(tracks.file)], "frames_per_step": [10], "time_origins": [None], "step_seconds": 0.4,
              "crs": tr.model_crs([tracks], cfg.crs).to_wkt()}
-    frame = inputs.prediction_frame(windows, attrs, futures, np.full((2, 3), 1 / 3),
-                                    inputs.displacement_errors(futures, windows.future))
+    forecast = {"futures": futures, "probabilities": np.full((2, 3), 1 / 3), "expected": windows.future + [0, 1]}
+    frame = inputs.prediction_frame(windows, attrs, forecast,
+                                    inputs.displacement_errors(futures, windows.future, forecast["expected"]))
     frame.to_parquet(tmp_path / "p.parquet")
     back = gpd.read_parquet(tmp_path / "p.parquet")
     assert back.crs.is_engineering and back.crs.axis_info[0].unit_name == "metre"
     assert np.allclose(back["time_now"], 2.8) and back["ade"].tolist() == [0, 0]
+    assert back["expected_fde"].tolist() == [1, 1] and back["expected"].crs.is_engineering
+    end = windows.now[0] + windows.future[0, -1] + [0, 1]
+    assert back["expected"].iloc[0].coords[-1] == tuple(end)
 
 
 # -- the flow on a real ETH slice ------------------------------------------------------------------
@@ -350,7 +356,9 @@ def test_flow_publishes_geoparquet_metrics_and_stac_and_reuses_its_work_folder(e
     assert len(frame) == 4 and frame.crs == pyproj.CRS("EPSG:2056")
     assert set(frame.geom_type) == {"LineString"} and set(frame["futures"].geom_type) == {"MultiLineString"}
     assert all(len(m.geoms) == 4 for m in frame["futures"])
-    assert {"agent_id", "time_now", "future_times", "probabilities", "ade", "fde", "min_ade", "min_fde"} <= set(frame)
+    assert {"agent_id", "time_now", "future_times", "probabilities", "ade", "fde", "min_ade", "min_fde",
+            "expected_ade", "expected_fde", "expected"} <= set(frame)
+    assert set(frame["expected"].geom_type) == {"LineString"}
     assert frame["time_now"].dt.year.eq(2009).all()
     assert np.allclose([sum(p) for p in frame["probabilities"]], 1, atol=1e-4)
     x, y = frame.geometry.iloc[0].coords[-1]

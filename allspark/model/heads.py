@@ -252,14 +252,21 @@ class TrajectoryHead(Head):
         return F.smooth_l1_loss(chosen, target[:, 0]) + F.cross_entropy(logits, best)
 
     def postprocess(self, output):
-        """``futures`` ``(B, K, horizon, 2)`` in target units and ``probabilities`` ``(B, K)``, most likely first."""
+        """``futures`` ``(B, K, horizon, 2)`` in target units and ``probabilities`` ``(B, K)``, most likely first,
+        and the ``expected`` future ``(B, horizon, 2)``.
+
+        The expected future is the probability-weighted mean of every proposal (before any are cut
+        by :func:`keep_by_final_position`): the one path with the lowest expected squared error
+        under the predicted distribution, where the most likely candidate bets on a single mode.
+        """
         probabilities = output["logits"].float().softmax(dim=-1)
         futures = self.scaling.unscale(output["futures"].float())
+        expected = (probabilities[..., None, None] * futures).sum(dim=1)
         if self.proposals > self.modes:
             futures, probabilities = keep_by_final_position(futures, probabilities, self.modes)
         order = probabilities.argsort(dim=-1, descending=True)
         rows = torch.arange(len(order))[:, None]
-        return {"futures": futures[rows, order], "probabilities": probabilities[rows, order]}
+        return {"futures": futures[rows, order], "probabilities": probabilities[rows, order], "expected": expected}
 
     def example_target(self, output, encoded, inputs, generator):
         return torch.randn((len(output["futures"]), self.horizon, 2), generator=generator)

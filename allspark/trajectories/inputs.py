@@ -108,15 +108,20 @@ def turn(values: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bnj->bni", matrix.to(flat.dtype), flat).reshape(shape)
 
 
+FORECAST = ("futures", "probabilities", "expected")
+"""What :func:`predict_windows` answers, and the arrays of the predict step's store."""
+
+
 def predict_windows(model, preprocessing: TrajectoryPreprocessing, windows: Windows,
-                    batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """K futures ``(W, K, T, 2)`` (relative metres, most likely first) and probabilities ``(W, K)``."""
-    futures, probabilities = [], []
-    for start in range(0, len(windows), batch_size):
-        out = model.predict(preprocessing.inputs(windows, slice(start, start + batch_size)))
-        futures.append(out["futures"].cpu().numpy())
-        probabilities.append(out["probabilities"].cpu().numpy())
-    return preprocessing.positions(np.concatenate(futures), windows.observed), np.concatenate(probabilities)
+                    batch_size: int) -> dict[str, np.ndarray]:
+    """K ``futures`` ``(W, K, T, 2)`` (relative metres, most likely first), their ``probabilities`` ``(W, K)`` and
+    the ``expected`` future ``(W, T, 2)`` (the probability-weighted mean of the model's candidates)."""
+    batches = [model.predict(preprocessing.inputs(windows, slice(start, start + batch_size)))
+               for start in range(0, len(windows), batch_size)]
+    forecast = {name: np.concatenate([batch[name].cpu().numpy() for batch in batches]) for name in FORECAST}
+    forecast["futures"] = preprocessing.positions(forecast["futures"], windows.observed)
+    forecast["expected"] = preprocessing.positions(forecast["expected"][:, None], windows.observed)[:, 0]
+    return forecast
 
 
 def constant_velocity(observed: np.ndarray, steps: int) -> np.ndarray:
@@ -125,15 +130,21 @@ def constant_velocity(observed: np.ndarray, steps: int) -> np.ndarray:
     return (velocity[:, None] * np.arange(1, steps + 1)[:, None])[:, None]
 
 
-def displacement_errors(futures: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+def displacement_errors(futures: np.ndarray, truth: np.ndarray, expected: np.ndarray | None = None
+                        ) -> dict[str, np.ndarray]:
     """Per-window errors of K futures ``(W, K, T, 2)`` (most likely first) against ``truth`` ``(W, T, 2)``.
 
     ``ade``/``fde``: the most likely future's average / final displacement; ``min_ade``/``min_fde``:
-    best-of-K, each minimised over K on its own (as Social-GAN and TUTR report them).
+    best-of-K, each minimised over K on its own (as Social-GAN and TUTR report them);
+    ``expected_ade``/``expected_fde``: those of the ``expected`` future ``(W, T, 2)``, when given.
     """
     distance = np.linalg.norm(futures - truth[:, None], axis=-1)  # (W, K, T)
     ade, fde = distance.mean(axis=-1), distance[..., -1]
-    return {"ade": ade[:, 0], "fde": fde[:, 0], "min_ade": ade.min(axis=1), "min_fde": fde.min(axis=1)}
+    errors = {"ade": ade[:, 0], "fde": fde[:, 0], "min_ade": ade.min(axis=1), "min_fde": fde.min(axis=1)}
+    if expected is not None:
+        gaps = np.linalg.norm(expected - truth, axis=-1)  # (W, T)
+        errors |= {"expected_ade": gaps.mean(axis=-1), "expected_fde": gaps[:, -1]}
+    return errors
 
 
 def summarise(errors: dict[str, np.ndarray]) -> dict[str, float]:
@@ -150,17 +161,20 @@ def step_times(frames: np.ndarray, frames_per_step: int, step_seconds: float, or
     return [[start + timedelta(seconds=float(s)) for s in row] for row in np.atleast_2d(seconds)]
 
 
-def prediction_frame(windows: Windows, attrs: dict, futures: np.ndarray, probabilities: np.ndarray,
+def prediction_frame(windows: Windows, attrs: dict, forecast: dict[str, np.ndarray],
                      errors: dict[str, np.ndarray]) -> gpd.GeoDataFrame:
     """One row per agent and window: observed path (geometry), K futures, times, probabilities, errors.
 
-    ``futures`` is a MultiLineString of the K predicted paths, most likely first (each starts at
-    the last observed position, so it joins the observed path); ``most_likely`` and ``truth`` are
-    LineStrings; ``probabilities`` is in the same order as ``futures``.
+    ``forecast`` is :func:`predict_windows`'s answer. ``futures`` is a MultiLineString of the K
+    predicted paths, most likely first (each starts at the last observed position, so it joins
+    the observed path); ``most_likely``, ``expected`` and ``truth`` are LineStrings;
+    ``probabilities`` is in the same order as ``futures``.
     """
     obs, fut = windows.observed.shape[1], windows.future.shape[1]
     now = windows.now[:, None]
-    observed, truth, predicted = windows.observed + now, windows.future + now, futures + now[:, None]
+    observed, truth = windows.observed + now, windows.future + now
+    predicted, expected = forecast["futures"] + now[:, None], forecast["expected"] + now
+    probabilities = forecast["probabilities"]
     rows = []
     for i in range(len(windows)):
         file = int(windows.file_index[i])
@@ -180,11 +194,12 @@ def prediction_frame(windows: Windows, attrs: dict, futures: np.ndarray, probabi
             **{name: float(values[i]) for name, values in errors.items()},
             "futures": MultiLineString([np.vstack([start, path]) for path in predicted[i]]),
             "most_likely": LineString(np.vstack([start, predicted[i, 0]])),
+            "expected": LineString(np.vstack([start, expected[i]])),
             "truth": LineString(np.vstack([start, truth[i]])),
             "geometry": LineString(observed[i]),
         })
     crs = pyproj.CRS(attrs["crs"])
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
-    for column in ("futures", "most_likely", "truth"):
+    for column in ("futures", "most_likely", "expected", "truth"):
         frame[column] = gpd.GeoSeries(frame[column], crs=crs)
     return frame

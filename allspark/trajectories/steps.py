@@ -26,6 +26,7 @@ from allspark.core.storage import check_writable, total_size
 from allspark.errors import NoDataError
 from allspark.trajectories.config import TrajectoriesConfig
 from allspark.trajectories.inputs import (
+    FORECAST,
     TrajectoryPreprocessing,
     constant_velocity,
     displacement_errors,
@@ -148,21 +149,22 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
 
 
 def predict(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, mapper: Mapper = serial_map) -> Predicted:
-    """K futures and probabilities of every predict window into ``<work>/predictions-<bundle digest>.zarr``.
+    """K futures, their probabilities and the expected future of every predict window into
+    ``<work>/predictions-<bundle digest>.zarr``.
 
-    Reused when present; ``mapper`` is unused (one batch loop in this process).
+    Reused when present with every array of :data:`FORECAST` (a store written before the expected
+    future existed is predicted again); ``mapper`` is unused (one batch loop in this process).
     """
     store = ingested.work_dir / f"predictions-{bundle_digest(trained.checkpoint)}.zarr"
-    if not store.is_dir():
+    if not (store.is_dir() and set(FORECAST) <= set(zarr.open_group(store, mode="r").array_keys())):
         bundle = load_bundle(trained.checkpoint, TrajectoryPreprocessing)
         windows, _ = read_windows(ingested.store / "predict.zarr")
-        futures, probabilities = predict_windows(bundle.model, bundle.preprocessing, windows, config.inference_batch)
-        chunk = min(len(futures), 1024)
+        forecast = predict_windows(bundle.model, bundle.preprocessing, windows, config.inference_batch)
+        chunk = min(len(windows), 1024)
         with atomic_dir(store) as tmp:
             group = zarr.open_group(tmp, mode="w", zarr_format=3)
-            group.create_array("futures", data=futures.astype("float32"), chunks=(chunk, *futures.shape[1:]))
-            group.create_array("probabilities", data=probabilities.astype("float32"),
-                               chunks=(chunk, probabilities.shape[1]))
+            for name, values in forecast.items():
+                group.create_array(name, data=values.astype("float32"), chunks=(chunk, *values.shape[1:]))
     windows, modes = zarr.open_group(store, mode="r")["futures"].shape[:2]
     return Predicted(store=store, summary={"windows": windows, "modes": modes})
 
@@ -171,9 +173,10 @@ def publish(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, pr
     """Score the predictions against the truth and constant velocity; publish GeoParquet, metrics and STAC."""
     windows, attrs = read_windows(ingested.store / "predict.zarr")
     group = zarr.open_group(predicted.store, mode="r")
-    futures, probabilities = group["futures"][:], group["probabilities"][:]
-    errors = displacement_errors(futures, windows.future)
-    frame = prediction_frame(windows, attrs, futures, probabilities, errors)
+    forecast = {name: group[name][:] for name in FORECAST}
+    futures = forecast["futures"]
+    errors = displacement_errors(futures, windows.future, forecast["expected"])
+    frame = prediction_frame(windows, attrs, forecast, errors)
     baseline = summarise(displacement_errors(constant_velocity(windows.observed, config.future_steps),
                                              windows.future))
     metrics = {
@@ -196,7 +199,10 @@ def publish(config: TrajectoriesConfig, ingested: Ingested, trained: Trained, pr
                            "data_type": "float32"}}],
         outputs=[{"name": "candidate futures", "tasks": ["regression"],
                   "result": {"shape": [-1, int(futures.shape[1]), config.future_steps, 2],
-                             "dim_order": ["batch", "mode", "time", "xy"], "data_type": "float32"}}],
+                             "dim_order": ["batch", "mode", "time", "xy"], "data_type": "float32"}},
+                 {"name": "expected future", "tasks": ["regression"],
+                  "result": {"shape": [-1, config.future_steps, 2], "dim_order": ["batch", "time", "xy"],
+                             "data_type": "float32"}}],
     )
     return publish_table(
         config, item_id=f"{config.name}-trajectories", frame=frame,
