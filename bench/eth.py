@@ -18,7 +18,7 @@ setting is one flag away::
     python -m bench.eth --quick             # 1,000 windows, 1 epoch, 2 LM layers (~1 min)
     python -m bench.eth --full              # all windows, all LM layers, the paper's 30 epochs at 1e-5
     python -m bench.eth --train-windows 0 --epochs 10 --llm-layers 8   # anything in between
-    python -m bench.eth --epochs 8 --end-point-weight 3 --proposals 60   # LONG_SETTING, with the LM
+    python -m bench.eth --epochs 8 --end-point-weight 3 --proposals 60 --expected-loss-weight 1   # LONG_SETTING
 
 ``bench.ablation --long --variants a_no_lm`` runs :data:`LONG_SETTING` without the LM over three seeds.
 
@@ -47,24 +47,25 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eth_ucy
 PAPER = {"ade": 0.43, "fde": 0.69, "note": "AllSpark paper, best-of-20 (as TUTR)"}
 DEFAULT_SETTING = {"train_windows": 0, "epochs": 3, "llm_layers": 4, "learning_rate": 1e-3, "warmup_epochs": 0.2}
 """The CPU headline: every training window (29,809), 3 epochs, the first 4 LM layers (about 11 minutes here)."""
-LONG_SETTING = {**DEFAULT_SETTING, "epochs": 8, "end_point_weight": 3.0, "proposals": 60}
+LONG_SETTING = {**DEFAULT_SETTING, "epochs": 8, "end_point_weight": 3.0, "proposals": 60, "expected_loss_weight": 1.0}
 """A longer CPU budget (``bench.ablation --long``): 8 epochs; the winner candidate chosen by mean plus 3 x end-point
 distance, and 60 candidates trained and cut to 20 by clustering their end points (SocialVAE's final-position
-clustering), both for best-of-20 FDE. Without the LM 1,059 ± 67 and 1,265 ± 94 s of training a run here (two runs
-of 2026-12-07, the same figures); with it 8 epochs take 30-45 minutes (3 took 668 s), past the 30-minute CPU setting."""
+clustering), both for best-of-20 FDE; the expected future's error in the loss, for the single path. Without the LM
+1,525 ± 41 s of training a run here (quiet, 2026-12-07); with it 8 epochs take 30-45 minutes (3 took 668 s), past the
+30-minute CPU setting."""
 PAPER_SETTING = {"train_windows": 0, "epochs": 30, "llm_layers": 0, "learning_rate": 1e-5, "warmup_epochs": 5}
 QUICK_SETTING = {"train_windows": 1000, "epochs": 1, "llm_layers": 2}
 
 
 def eth_config(data: Path, seed: int, train_windows: int, epochs: int, llm_layers: int, learning_rate: float,
                warmup_epochs: float, batch_size: int = 32, modes: int = 20, positions: bool = False,
-               end_point_weight: float = 0.0, proposals: int | None = None, language: dict | None = None,
-               name: str = "bench-eth") -> TrajectoriesConfig:
+               end_point_weight: float = 0.0, proposals: int | None = None, expected_loss_weight: float = 0.0,
+               language: dict | None = None, name: str = "bench-eth") -> TrajectoriesConfig:
     """The trajectories pipeline's config for one run (``language``: overrides of the LM block; 0 = all)."""
     return TrajectoriesConfig(
         name=name, train_files=[data / "train"], predict_files=[data / "test"], seed=seed,
         model={"modes": modes, "predict_residual": not positions, "end_point_weight": end_point_weight,
-               "proposals": proposals},
+               "proposals": proposals, "expected_loss_weight": expected_loss_weight},
         language={"layers": llm_layers or None, **(language or {})},
         train={"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                "warmup_epochs": warmup_epochs, "max_windows": train_windows or None},
@@ -148,6 +149,9 @@ def main() -> None:
                         help="weight of the end-point distance in choosing the winner candidate (0: mean only)")
     parser.add_argument("--proposals", type=int,
                         help="candidates proposed and trained, cut to --modes by clustering their end points")
+    parser.add_argument("--expected-loss-weight", type=float, default=0.0,
+                        help="weight of the expected future's error in the loss (0: the probabilities learn only "
+                             "which candidate wins)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full", action="store_true", help="the paper's setting: " + str(PAPER_SETTING))
     parser.add_argument("--quick", action="store_true", help="the quick setting: " + str(QUICK_SETTING))
@@ -159,7 +163,7 @@ def main() -> None:
 
     config = eth_config(args.data, args.seed, args.train_windows, args.epochs, args.llm_layers, args.learning_rate,
                         args.warmup_epochs, args.batch_size, args.modes, args.positions, args.end_point_weight,
-                        args.proposals)
+                        args.proposals, args.expected_loss_weight)
     started = time.perf_counter()
     ingested = steps.ingest(config)
     ingest_seconds = time.perf_counter() - started

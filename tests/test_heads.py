@@ -91,6 +91,25 @@ def test_trajectory_winner_can_weigh_the_end_point(end_point_weight, winner):
     assert moved.tolist() == [winner == 0, winner == 1]
 
 
+def test_trajectory_expected_loss_reweighs_the_candidates_and_leaves_them_where_they_are():
+    """Candidates walk to x = 0, 1 and -3; the truth to 0.4. Their even mean (-0.67) lies short of the truth, so the
+    expected loss lowers the probability of the one that pulls it back (-3) and raises the one beyond the truth (1),
+    while cross-entropy alone would lower both for the winner (0). The candidates' own gradients do not change."""
+    ends = torch.tensor([0.0, 1.0, -3.0])
+    paths = torch.stack([torch.stack([ends * step / 3, torch.zeros(3)], dim=-1) for step in (1, 2, 3)], dim=1)
+    target = torch.tensor([[[0.4 * step / 3, 0.0] for step in (1, 2, 3)]])
+    gradients = {}
+    for weight in (None, 1.0):
+        head = build_head(HeadConfig(kind="trajectory", horizon=3, modes=3, expected_loss_weight=weight),
+                          WIDTH, FEATURES)
+        futures, logits = paths[None].clone().requires_grad_(), torch.zeros(1, 3, requires_grad=True)
+        head.loss({"futures": futures, "logits": logits}, target).backward()
+        gradients[weight] = futures.grad, logits.grad[0]
+    torch.testing.assert_close(gradients[1.0][0], gradients[None][0])
+    extra = gradients[1.0][1] - gradients[None][1]  # gradient descent moves each logit against it
+    assert extra[2] > 0 and extra[1] < 0
+
+
 def test_trajectory_proposals_are_cut_to_modes_by_where_they_end():
     """Five proposals end in two places, (10, 0) and (0, 10): the two kept end one in each, with the summed mass."""
     ends = torch.tensor([[10.0, 0], [10.2, 0], [9.9, 0.1], [0, 10], [0.1, 10.1]])

@@ -178,6 +178,14 @@ def test_config_needs_at_least_as_many_proposals_as_modes(tmp_path):
     assert (head.modes, head.proposals) == (20, 60)
 
 
+def test_config_passes_the_head_options_and_leaves_unset_ones_unset(tmp_path):
+    settings = config(tmp_path, model={"end_point_weight": 3.0, "expected_loss_weight": 1.0})
+    head = settings.model.allspark_config(12, settings.language).head
+    assert (head.end_point_weight, head.expected_loss_weight, head.proposals) == (3.0, 1.0, None)
+    plain = config(tmp_path).model.allspark_config(12, settings.language).head
+    assert (plain.end_point_weight, plain.expected_loss_weight) == (None, None)  # bundles stay as they were
+
+
 # -- windows, coordinates, metrics -----------------------------------------------------------------
 
 

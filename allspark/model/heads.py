@@ -31,6 +31,7 @@ HeadKind = Literal[
 ]
 IGNORE_INDEX = -1
 LANGUAGE_IGNORE_INDEX = -100  # Hugging Face's convention for label positions without a loss
+TRAJECTORY_OPTIONS = ("end_point_weight", "proposals", "expected_loss_weight")
 DENSE_ATTENTION_DIM = 64  # query and key width of the dense head's attention over the hidden states
 
 
@@ -48,6 +49,9 @@ class HeadConfig(BaseModel):
                                            "beside the mean distance in choosing the winner candidate (0 if unset)")
     proposals: int | None = Field(None, ge=1, description="trajectory: candidates proposed and trained, cut to "
                                   "`modes` by clustering their end points (`modes` if unset)")
+    expected_loss_weight: float | None = Field(None, ge=0, description="trajectory: weight of the expected "
+                                               "future's error in the loss, which trains the probabilities (0 if "
+                                               "unset)")
 
     @model_validator(mode="after")
     def _sizes_match_kind(self) -> HeadConfig:
@@ -59,8 +63,8 @@ class HeadConfig(BaseModel):
             "trajectory": {"horizon", "modes"},
             "language": set(),
         }[self.kind]
-        optional = {"end_point_weight", "proposals"} if self.kind == "trajectory" else set()
-        given = {name for name in ("num_classes", "outputs", "horizon", "modes", "end_point_weight", "proposals")
+        optional = set(TRAJECTORY_OPTIONS) if self.kind == "trajectory" else set()
+        given = {name for name in ("num_classes", "outputs", "horizon", "modes", *TRAJECTORY_OPTIONS)
                  if getattr(self, name) is not None}
         if needed - given:
             raise ValueError(f"head kind {self.kind!r} needs {sorted(needed - given)}")
@@ -205,6 +209,12 @@ class TrajectoryHead(Head):
     answers with, and cuts them to K by clustering their end points
     (:func:`keep_by_final_position`), as SocialVAE's final-position clustering does: K futures
     that end far apart cover more of where a walker may go than the K most probable ones.
+
+    With ``expected_loss_weight`` the loss also scores the expected future (the
+    probability-weighted mean of the proposals) against the truth, through the probabilities
+    alone: the candidates stay where winner-takes-all puts them, and the probabilities learn to
+    weigh them so that their mean, the single path the head answers with, lands on the truth.
+    Cross-entropy alone calibrates which candidate wins, not how far the losers pull the mean.
     """
 
     kind = "trajectory"
@@ -214,6 +224,7 @@ class TrajectoryHead(Head):
         self.horizon, self.modes = config.horizon, config.modes
         self.proposals = config.proposals or config.modes
         self.end_point_weight = config.end_point_weight or 0.0
+        self.expected_loss_weight = config.expected_loss_weight or 0.0
         self.futures = nn.Linear(width, self.proposals * config.horizon * 2)
         self.mode_logits = nn.Linear(width, self.proposals)
         self.scaling = TargetScaling(2)
@@ -249,7 +260,11 @@ class TrajectoryHead(Head):
         distance = gaps.mean(dim=-1) + self.end_point_weight * gaps[..., -1]
         best = distance.argmin(dim=1)
         chosen = futures[torch.arange(len(futures)), best]
-        return F.smooth_l1_loss(chosen, target[:, 0]) + F.cross_entropy(logits, best)
+        loss = F.smooth_l1_loss(chosen, target[:, 0]) + F.cross_entropy(logits, best)
+        if self.expected_loss_weight:
+            expected = (logits.softmax(dim=-1)[..., None, None] * futures.detach()).sum(dim=1)
+            loss = loss + self.expected_loss_weight * F.smooth_l1_loss(expected, target[:, 0])
+        return loss
 
     def postprocess(self, output):
         """``futures`` ``(B, K, horizon, 2)`` in target units and ``probabilities`` ``(B, K)``, most likely first,

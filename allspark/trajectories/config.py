@@ -29,6 +29,9 @@ class TrajectoryModelConfig(StrictModel):
     proposals: int | None = Field(None, ge=1, description="candidates proposed and trained; more than modes are "
                                   "cut to modes by clustering their end points (SocialVAE's final-position "
                                   "clustering). Unset: modes")
+    expected_loss_weight: float = Field(0.0, ge=0, description="weight of the expected future's error in the loss; "
+                                        "it trains the probabilities to weigh the candidates so that their mean, "
+                                        "the published `expected` path, fits the truth")
     cluster_modes: bool = Field(True, description="start the candidates at k-means clusters of the training "
                                 "targets")
 
@@ -47,7 +50,8 @@ class TrajectoryModelConfig(StrictModel):
             encoder={"width": self.width, "depth": self.depth},
             bridge={"num_queries": self.num_queries, "depth": self.bridge_depth},
             head={"kind": "trajectory", "horizon": horizon, "modes": self.modes,
-                  "end_point_weight": self.end_point_weight or None, "proposals": self.proposals},
+                  "end_point_weight": self.end_point_weight or None, "proposals": self.proposals,
+                  "expected_loss_weight": self.expected_loss_weight or None},
             **language.allspark_fields(),
         )
 
