@@ -21,10 +21,11 @@ from tests.conftest import shared_data
 
 
 def eth_slice(folder: Path, rows: int = 300) -> dict[str, Path]:
-    """The first ``rows`` rows of the real eth test file and of one training file (leave-one-out split)."""
+    """The first ``rows`` rows of the real eth test file and of one training and validation file (leave-one-out)."""
     source = shared_data("eth_ucy", "eth")
     files = {}
-    for split, name in (("test", "biwi_eth.txt"), ("train", "crowds_zara01_train.txt")):
+    for split, name in (("test", "biwi_eth.txt"), ("train", "crowds_zara01_train.txt"),
+                        ("val", "crowds_zara01_val.txt")):
         lines = (source / split / name).read_text().splitlines()[:rows]
         files[split] = folder / split / name
         files[split].parent.mkdir(parents=True)

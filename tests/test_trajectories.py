@@ -14,6 +14,7 @@ import pystac
 import pytest
 import torch
 
+from allspark.core.bundle import load_bundle
 from allspark.core.steps import run_pipeline
 from allspark.errors import InputError, NoDataError
 from allspark.trajectories import inputs, steps
@@ -164,6 +165,13 @@ def test_a_table_step_is_the_contracts_step_seconds(tmp_path):
     """A checkpoint's contract holds seconds per step, whichever format gave them."""
     assert table_config(tmp_path / "tracks.csv").contract() == config(tmp_path).contract() \
         == {"future_steps": 12, "step_seconds": 0.4}
+
+
+def test_validation_files_without_fine_tuning_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="validation_files are for fine-tuning"):
+        config(tmp_path, validation_files=[tmp_path])
+    with pytest.raises(ValueError, match="keep_best"):
+        TrajectoriesConfig(predict_files=[tmp_path], train_files=[tmp_path], train={"keep_best": "loss"})
 
 
 def test_config_needs_origin_and_crs_together(tmp_path):
@@ -421,6 +429,25 @@ def test_a_deleted_or_half_written_work_folder_is_rebuilt_to_the_same_result(eth
     assert sorted(p.name for p in ingested.store.iterdir()) == ["predict.zarr", "train.zarr"]
     assert not (work_dir / ".windows.partial").exists()
     assert run_pipeline(steps, cfg).metrics == rebuilt.metrics  # the model kept, the windows rebuilt
+
+
+def test_validation_windows_keep_the_epoch_best_on_them(eth_slice, tmp_path, language_model):
+    """Early stopping: a learning rate far too high makes the later epochs worse than the first, and the bundle
+    saved is the best epoch's, scoring on the validation windows what that epoch scored."""
+    cfg = file_flows.trajectories_config(eth_slice, tmp_path, name="eth-slice-validated",
+                                         validation_files=[eth_slice["val"].parent],
+                                         train={"epochs": 4, "batch_size": 16, "max_windows": 32,
+                                                "learning_rate": 3.0, "keep_best": "expected_ade"})
+    ingested = steps.ingest(cfg)
+    assert set(ingested.summary) == {"predict", "train", "validation"}
+    metrics = steps.train(cfg, ingested, log=lambda line: None).metrics
+    figures = [epoch["expected_ade"] for epoch in metrics["epoch_validation"]]
+    assert len(figures) == 4 and metrics["best_epoch"] == 1 + int(np.argmin(figures)) < 4
+    validation, _ = tr.read_windows(ingested.store / "validation.zarr")
+    assert metrics["validation_windows"] == len(validation) > 0
+    bundle = load_bundle(cfg.work_dir() / steps.MODEL_DIR, inputs.TrajectoryPreprocessing)
+    again = inputs.scores(bundle.model, bundle.preprocessing, validation, cfg.inference_batch)
+    assert again == metrics["validation"] and again["expected_ade"] == min(figures) < figures[-1]
 
 
 def test_an_input_file_rewritten_in_place_gets_a_new_work_folder(tmp_path):

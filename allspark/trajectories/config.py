@@ -62,6 +62,9 @@ class TrajectoryTrainSettings(TrainSettings):
     max_windows: int | None = Field(None, ge=1, description="random subsample of training windows (seeded)")
     augment: bool = Field(True, description="mirror each training scene across the agent's heading at random, and "
                           "rotate it by a random angle without the heading frame")
+    keep_best: Literal["min_ade", "min_fde", "expected_ade", "expected_fde", "ade", "fde"] = Field(
+        "min_ade", description="with validation_files: the figure (metres, on their windows) whose lowest epoch is "
+        "kept. The training loss is no guide: on ETH it rose while every ADE and FDE fell")
 
 
 class TrajectoriesConfig(ModelRunConfig):
@@ -78,6 +81,10 @@ class TrajectoriesConfig(ModelRunConfig):
     name: str = Field("trajectories", pattern=r"^[A-Za-z0-9_.-]+$")
     format: Literal["eth_ucy", "table"] = "eth_ucy"
     train_files: list[Path] = Field(default_factory=list, description="files or folders (all inputs inside)")
+    validation_files: list[Path] = Field(default_factory=list, description="files or folders of tracks held out "
+                                         "from training: the epoch best on their windows by train.keep_best is "
+                                         "kept (early stopping). ETH/UCY's releases carve them from the training "
+                                         "scenes (val/). Empty: the last epoch is kept")
     predict_files: list[Path] = Field(min_length=1, description="files or folders to predict and publish")
     table: TableSchema | None = Field(None, description="table format: the agent id column, the time column with "
                                       "its step, and the x/y columns with their crs (projected, or lon/lat)")
@@ -135,6 +142,9 @@ class TrajectoriesConfig(ModelRunConfig):
                              "the table block is for format: table (eth_ucy files have fixed columns)")
         if self.fine_tunes and not self.train_files:
             raise ValueError("fine-tuning needs train_files")
+        if self.validation_files and not self.fine_tunes:
+            raise ValueError("validation_files are for fine-tuning (they pick its best epoch); a run with a "
+                             "checkpoint does not read them: remove them")
         return self
 
     @property
@@ -156,10 +166,13 @@ class TrajectoriesConfig(ModelRunConfig):
         return WindowRule(self.observed_steps, self.future_steps, self.min_agents, self.max_neighbours)
 
     def split_files(self) -> dict[str, list[Path]]:
-        """The input files of each split: ``predict``, and ``train`` when this run fine-tunes."""
+        """The input files of each split: ``predict``; ``train`` (and ``validation`` when given) when this run
+        fine-tunes."""
         splits = {"predict": find_input_files(self.predict_files, self.format)}
         if self.fine_tunes:
             splits["train"] = find_input_files(self.train_files, self.format)
+        if self.validation_files:
+            splits["validation"] = find_input_files(self.validation_files, self.format)
         return splits
 
     def input_files(self) -> list[Path]:

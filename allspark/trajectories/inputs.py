@@ -124,6 +124,12 @@ def predict_windows(model, preprocessing: TrajectoryPreprocessing, windows: Wind
     return forecast
 
 
+def scores(model, preprocessing: TrajectoryPreprocessing, windows: Windows, batch_size: int) -> dict[str, float]:
+    """Mean ADE/FDE in metres (:func:`summarise`) of the model's forecast of ``windows``."""
+    forecast = predict_windows(model, preprocessing, windows, batch_size)
+    return summarise(displacement_errors(forecast["futures"], windows.future, forecast["expected"]))
+
+
 def constant_velocity(observed: np.ndarray, steps: int) -> np.ndarray:
     """The last observed step's velocity, held for ``steps`` steps: ``(W, 1, steps, 2)`` relative futures."""
     velocity = observed[:, -1] - observed[:, -2]

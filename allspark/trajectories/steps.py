@@ -2,9 +2,9 @@
 
 Each step is idempotent on the run's work folder::
 
-    <work>/windows/{predict,train}.zarr       ingest: the windows of each split (one atomic folder)
-    <work>/model/                             train: the model bundle (target rule as its preprocessing)
-    <work>/predictions-<bundle digest>.zarr   predict: K futures and their probabilities per window
+    <work>/windows/{predict,train,validation}.zarr   ingest: the windows of each split (one atomic folder)
+    <work>/model/                                    train: the model bundle (target rule as its preprocessing)
+    <work>/predictions-<bundle digest>.zarr          predict: K futures and their probabilities per window
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from allspark.trajectories.inputs import (
     displacement_errors,
     predict_windows,
     prediction_frame,
+    scores,
     summarise,
 )
 from allspark.trajectories.read import (
@@ -53,7 +54,7 @@ MODEL_DIR = "model"
 
 
 def ingest(config: TrajectoriesConfig, log: Log = print) -> Ingested:
-    """Read, check and window the predict (and train) files into ``<work>/windows/<split>.zarr``.
+    """Read, check and window the predict (train, validation) files into ``<work>/windows/<split>.zarr``.
 
     Every file is read and checked before anything is written; a complete store is reused.
     The summary holds the counts of each split (files, tracks, windows, skips).
@@ -107,7 +108,10 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
     Fine-tuning draws ``max_windows`` training windows (seeded), fits the head's target scaling on
     their targets (in the heading frame when ``model.heading_frame``), starts the K candidates at
     k-means clusters of them when ``model.cluster_modes``, and trains on randomly mirrored (and,
-    without the heading frame, rotated) scenes when ``train.augment``.
+    without the heading frame, rotated) scenes when ``train.augment``. With ``validation_files``
+    the weights kept are those of the epoch with the lowest ``train.keep_best`` (best-of-K ADE by
+    default) on their windows, not necessarily the last epoch's; every epoch's ADE/FDE there joins
+    the metrics.
     """
     if not config.fine_tunes:
         check_checkpoint(config)
@@ -138,13 +142,25 @@ def train(config: TrajectoriesConfig, ingested: Ingested, log: Log = print) -> T
         inputs, target = preprocessing.inputs(windows, index), preprocessing.targets(windows, index)
         return preprocessing.augment(inputs, target, generator) if settings.augment else (inputs, target)
 
+    early_stopping = {}
+    if config.validation_files:
+        validation, _ = read_windows(ingested.store / "validation.zarr")
+        early_stopping = {"keep_best": f"validation_{settings.keep_best}", "validate": lambda: {
+            f"validation_{name}": value
+            for name, value in scores(model, preprocessing, validation, config.inference_batch).items()}}
     batches = math.ceil(len(chosen) / settings.batch_size)
     history = Trainer(model, settings.schedule(), batches).fit(len(chosen), make_batch, settings.batch_size,
-                                                                generator, log)
+                                                                generator, log, **early_stopping)
     metrics = {"training_windows": len(chosen), "available_windows": int(available),
                "epochs": settings.epochs, "llm_layers": config.language.layers,
                "epoch_losses": [epoch["loss"] for epoch in history["epochs"]],
                "training_seconds": history["seconds"]}
+    if early_stopping:
+        epochs = [{key.removeprefix("validation_"): value for key, value in epoch.items() if key != "loss"}
+                  for epoch in history["epochs"]]
+        kept = {key: value for key, value in epochs[history["best_epoch"] - 1].items() if key != "epoch"}
+        metrics |= {"validation_windows": len(validation), "best_epoch": history["best_epoch"],
+                    "epoch_validation": epochs, "validation": kept}
     return Trained(checkpoint=save_bundle(directory, model, preprocessing, config, metrics), metrics=metrics)
 
 
