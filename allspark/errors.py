@@ -34,3 +34,7 @@ class CheckpointError(InputError):
 
 class StorageError(AllSparkError, OSError):
     """A folder a run must write that cannot be written or lacks room; the message names the folder."""
+
+
+class TrainingError(AllSparkError, RuntimeError):
+    """Fine-tuning that gave no usable model (every epoch's validation figure NaN: training diverged)."""

@@ -20,8 +20,9 @@ subsample follows the seed (the trajectories flow draws it from the run seed), t
 
 By default the budgets are smaller than the headline benchmarks' (each :class:`Benchmark`'s
 ``budget``), so that the whole ablation (5 benchmarks x 4 variants x 3 seeds) stays short: about 30
-minutes on a quiet 2-core CPU before PRSA's chronological split joined (not yet timed with it). ``--headline`` runs each benchmark at its headline budget instead
-(the standalone benchmark's defaults, ``Benchmark.headline``) and writes ablation_headline.json;
+minutes on a quiet 2-core CPU before PRSA's chronological split joined (not yet timed with it).
+``--headline`` runs each benchmark at its headline budget instead (the standalone benchmark's
+defaults, ``Benchmark.headline``) and writes ablation_headline.json;
 with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
 where the whole ablation would take hours (ETH: 12 runs of 13 minutes). ``--long`` runs the
 benchmarks that have a longer CPU budget (``Benchmark.long``: at most 30 minutes of training a run
@@ -141,8 +142,9 @@ def eth_prepare(budget: dict) -> dict:
 def eth_run(prepared: dict, budget: dict, seed: int, model: dict) -> dict:
     config = eth.eth_config(eth.DATA, seed, name="ablation-eth", language=model, **budget)
     result = eth.run_allspark(config, prepared["ingested"], log=silent)
-    return {key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "expected_ade", "expected_fde",
-                                         "train_seconds")}
+    kept = {"best_epoch": result["training"]["best_epoch"]} if config.validation_files else {}
+    return {**{key: result[key] for key in ("min_ade", "min_fde", "ade", "fde", "expected_ade", "expected_fde",
+                                            "train_seconds")}, **kept}
 
 
 def eth_baseline(prepared: dict, budget: dict) -> dict:
@@ -327,7 +329,8 @@ def reading(benchmark: Benchmark, summary: dict) -> list[str]:
         parts.append(f"{question}: {metric.label} {gain:+.{metric.digits}f}, {verdict}")
     cost = summary["train_seconds"]
     slower = cost["c_lm_adapters"]["mean"] / max(cost["a_no_lm"]["mean"], 1e-9)
-    return [f"{benchmark.title}: " + "; ".join(parts) + f". Training with the LM took {slower:.1f}x as long as without."]
+    return [f"{benchmark.title}: " + "; ".join(parts)
+            + f". Training with the LM took {slower:.1f}x as long as without."]
 
 
 def figures(benchmark: Benchmark, summary: dict, baseline: dict) -> str:

@@ -7,6 +7,7 @@ prompt prefix cache, the training step and checkpoints. Per-modality tests: test
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from allspark.core.config import LanguageModelSettings
+from allspark.errors import TrainingError
 from allspark.model import (
     PROMPTS,
     AllSpark,
@@ -216,6 +218,24 @@ def test_early_stopping_keeps_the_weights_of_the_epoch_with_the_lowest_validatio
     assert any(not torch.equal(kept[key], snapshots[2][key]) for key in kept)
     with pytest.raises(ValueError, match="needs a validate function"):
         trainer.fit(4, lambda batch: (msi(x[batch]), labels[batch]), 4, torch.Generator(), keep_best="loss")
+
+
+@pytest.mark.parametrize("figures, kept", [([math.nan, 0.3, math.nan], 2), ([math.nan] * 3, None)])
+def test_early_stopping_skips_non_finite_figures_and_refuses_a_run_with_none(figures, kept):
+    x, labels = torch.randn(4, 6, 8, 8), torch.randint(0, 4, (4, 8, 8))
+    trainer = Trainer(build_model(), TrainingSettings(learning_rate=1e-3, epochs=3), batches_per_epoch=1)
+    answers = iter(figures)
+
+    def fit() -> dict:
+        return trainer.fit(4, lambda batch: (msi(x[batch]), labels[batch]), 4, torch.Generator().manual_seed(0),
+                           log=lambda line: None, validate=lambda: {"validation_loss": next(answers)},
+                           keep_best="validation_loss")
+
+    if kept is None:
+        with pytest.raises(TrainingError, match="validation_loss was not a finite number after any of the 3 epochs"):
+            fit()
+    else:
+        assert fit()["best_epoch"] == kept
 
 
 def test_cosine_schedule_warms_up_then_decays():

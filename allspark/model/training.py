@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import get_cosine_schedule_with_warmup
 
+from allspark.errors import TrainingError
 from allspark.model.model import AllSpark
 from allspark.model.registry import get_modality
 
@@ -105,7 +106,8 @@ class Trainer:
         if given, is called after every epoch and its figures join the epoch's record. With
         ``keep_best`` (one of those figures, lower is better), the model ends with the trained
         weights of the epoch where it was lowest: early stopping on a validation split, which
-        never lets a late, overfitted epoch stand. Returns ``{"epochs": [{"epoch", "loss",
+        never lets a late, overfitted epoch stand; :class:`TrainingError` if it was never finite
+        (diverged), so no such model is saved. Returns ``{"epochs": [{"epoch", "loss",
         ...validation}], "seconds"}`` (and ``"best_epoch"`` with ``keep_best``); the loss is the
         mean over examples.
         """
@@ -126,6 +128,11 @@ class Trainer:
             if keep_best is not None and record[keep_best] is not None and record[keep_best] < best_value:
                 best_value, best_epoch = record[keep_best], epoch
                 best_weights = {key: value.clone() for key, value in self.model.trainable_state_dict().items()}
+        if keep_best is not None and best_epoch is None:
+            raise TrainingError(
+                f"fine-tuning diverged: {keep_best} was not a finite number after any of the {self.settings.epochs} "
+                f"epochs (last training loss {history[-1]['loss']:.4g}); lower train.learning_rate or check the "
+                "training data for non-finite values")
         if best_weights is not None and best_epoch != self.settings.epochs:
             self.model.load_state_dict(best_weights, strict=False)
             log(f"kept epoch {best_epoch} (lowest {keep_best})")
