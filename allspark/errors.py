@@ -37,4 +37,4 @@ class StorageError(AllSparkError, OSError):
 
 
 class TrainingError(AllSparkError, RuntimeError):
-    """Fine-tuning that gave no usable model (every epoch's validation figure NaN: training diverged)."""
+    """Fine-tuning that gave no usable model: no epoch's validation figure was finite (training diverged)."""
