@@ -25,8 +25,10 @@ minutes on a quiet 2-core CPU before PRSA's chronological split joined (not yet 
 defaults, ``Benchmark.headline``) and writes ablation_headline.json;
 with ``--variants c_lm_adapters`` it gives the three seeds of AllSpark as it ships at that budget
 where the whole ablation would take hours (ETH: 12 runs of 13 minutes). ``--long`` runs the
-benchmarks that have a longer CPU budget (``Benchmark.long``: at most 30 minutes of training a run
-here, for the variants that fit it) and writes ablation_long.json::
+benchmarks that have a longer CPU budget, where the headline's stops short of converging
+(``Benchmark.long``: 15 to 30 minutes of training a run without the LM on the 2-core machines this
+project has measured on, which differ by up to 2x; about twice that with the LM) and writes
+ablation_long.json::
 
     python -m bench.ablation               # everything; results written after each benchmark
     python -m bench.ablation --quick       # land cover only, 4 variants x 1 seed (~2 minutes)
@@ -70,7 +72,7 @@ SEEDS = (0, 1, 2)
 OUTPUTS = {"ablation": "ablation", "headline": "ablation_headline", "long": "ablation_long"}
 """Each budget level's results file (``bench/results/<name>.json``); the quick budget writes the ablation's."""
 BUDGET_WORDS = {"ablation": "smaller than the headline benchmarks'", "headline": "the headline benchmarks'",
-                "long": "longer than the headline benchmarks' (at most 30 minutes of training a run here)"}
+                "long": "longer than the headline benchmarks', where those stop short of converging"}
 
 
 def silent(line: str) -> None:
@@ -311,10 +313,11 @@ def compare(summary: dict, metric: Metric, better: str, worse: str) -> tuple[flo
     return gain, abs(gain) > a["std"] + b["std"]
 
 
-def reading(benchmark: Benchmark, summary: dict) -> list[str]:
+def reading(benchmark: Benchmark, summary: dict, timed_together: bool = True) -> list[str]:
     """One plain sentence: does the LM help (c vs a), do the adapters (c vs b), does the prompt (c vs d)?
 
-    Differences are signed so that positive means (c), AllSpark as it ships, is better.
+    Differences are signed so that positive means (c), AllSpark as it ships, is better. Training times are compared
+    only when (a) and (c) were ``timed_together`` (one ran in an earlier run, perhaps on another machine, otherwise).
     """
     metric = benchmark.metrics[0]
     if not {"a_no_lm", "c_lm_adapters"} <= set(summary[metric.key]):
@@ -329,8 +332,9 @@ def reading(benchmark: Benchmark, summary: dict) -> list[str]:
         parts.append(f"{question}: {metric.label} {gain:+.{metric.digits}f}, {verdict}")
     cost = summary["train_seconds"]
     slower = cost["c_lm_adapters"]["mean"] / max(cost["a_no_lm"]["mean"], 1e-9)
-    return [f"{benchmark.title}: " + "; ".join(parts)
-            + f". Training with the LM took {slower:.1f}x as long as without."]
+    timing = (f"Training with the LM took {slower:.1f}x as long as without." if timed_together else
+              "(a) and (c) ran apart, so their training times are not compared.")
+    return [f"{benchmark.title}: " + "; ".join(parts) + ". " + timing]
 
 
 def figures(benchmark: Benchmark, summary: dict, baseline: dict) -> str:
@@ -401,6 +405,8 @@ def main() -> None:
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
     kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier)
                              for name in names if (earlier := {r["variant"] for r in runs if r["benchmark"] == name}))]
+    timed_apart = {name for name in names  # (a) or (c) kept from an earlier run, the other run now
+                   if len({"a_no_lm", "c_lm_adapters"} & {r["variant"] for r in runs if r["benchmark"] == name}) == 1}
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
@@ -419,7 +425,7 @@ def main() -> None:
         runs += bench_runs
         done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
         write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, level,
-              time.perf_counter() - started, kept=kept)
+              time.perf_counter() - started, kept=kept, timed_apart=timed_apart)
 
 
 def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
@@ -496,12 +502,14 @@ def headline_record(benchmark: Benchmark, result: dict, level: str, variant: str
 
 
 def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict,
-          skipped: list[str], quick: bool, level: str, seconds: float, kept: list[str] = ()) -> None:
+          skipped: list[str], quick: bool, level: str, seconds: float, kept: list[str] = (),
+          timed_apart: set[str] = frozenset()) -> None:
     """Write ``output``.json and .md with every benchmark finished so far (the file says which are missing), then
-    headlines.json."""
+    headlines.json. ``timed_apart``: the benchmarks whose (a) and (c) ran in different runs."""
     done = {name: done[name] for name in BENCHMARKS if name in done}  # one order, however they were run
     pending = [name for name in names if name not in done]
-    readings = [line for name, entry in done.items() for line in reading(BENCHMARKS[name], entry["summary"])
+    readings = [line for name, entry in done.items()
+                for line in reading(BENCHMARKS[name], entry["summary"], name not in timed_apart)
                 or [figures(BENCHMARKS[name], entry["summary"], entry["baseline"])]]
     headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
     notes = [
@@ -514,8 +522,9 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
         ("Adapters in (c) and (d): one after every 2nd LM layer, so " + ", ".join(
             f"{name} {budgets[name]['llm_layers'] // 2}" for name in names) + "; they start as the identity, "
          "so (b) and (c) differ only by what the adapters learn."),
-        (f"Budgets here are {BUDGET_WORDS[level]} ({headline_budgets}), and far smaller than the paper's (all of "
-         "Vicuna-7B, tens of epochs): the LM here is the first 2-4 of SmolLM2-135M's 30 layers."),
+        (f"Budgets here are {BUDGET_WORDS[level]} ({'' if level == 'headline' else 'the headline budgets: '}"
+         f"{headline_budgets}), and far smaller than the paper's (all of Vicuna-7B, tens of epochs): the LM here is "
+         "the first 2-4 of SmolLM2-135M's 30 layers."),
     ]
     if skipped:
         notes.append(f"Skipped, data not found: {', '.join(skipped)} (../shared/data).")

@@ -54,8 +54,8 @@ LONG_SETTING = {**DEFAULT_SETTING, "epochs": 8, "end_point_weight": 3.0, "propos
 distance, and 60 candidates trained and cut to 20 by clustering their end points (SocialVAE's final-position
 clustering), both for best-of-20 FDE; the expected future's error in the loss, for the single path; the epoch kept
 is the one with the lowest best-of-20 ADE on the val/ windows (early stopping, never on the test scene). Without the
-LM about 26 minutes of training a run here plus 20 s an epoch of validation; with it 8 epochs take 30-45 minutes (3
-took 668 s), past the 30-minute CPU setting."""
+LM 15 to 30 minutes of training a run, validation included, on the 2-core machines measured (they differ by 2x); with
+it about twice that."""
 PAPER_SETTING = {"train_windows": 0, "epochs": 30, "llm_layers": 0, "learning_rate": 1e-5, "warmup_epochs": 5}
 QUICK_SETTING = {"train_windows": 1000, "epochs": 1, "llm_layers": 2}
 

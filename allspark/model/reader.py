@@ -89,7 +89,7 @@ class LanguageModelReader(nn.Module):
             if self.use_prefix_cache:
                 past = self._fresh_prefix_cache(prompt, prompt_ids, batch)
                 return decoder(
-                    inputs_embeds=tokens, past_key_values=past, attention_mask=full_mask, use_cache=True
+                    inputs_embeds=tokens, cache=past, attention_mask=full_mask, use_cache=True
                 ).last_hidden_state
             prompt_embeds = self.embed_tokens(prompt_ids).to(tokens.dtype).expand(batch, -1, -1)
             sequence = torch.cat([prompt_embeds, tokens], dim=1)
@@ -120,8 +120,8 @@ class LanguageModelReader(nn.Module):
                 step_input = torch.cat([prompt_embeds, tokens], dim=1)
             generated, finished = [], torch.zeros(batch, dtype=torch.bool, device=tokens.device)
             for _ in range(max_new_tokens):
-                out = decoder(inputs_embeds=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = decoder(inputs_embeds=step_input, cache=past, use_cache=True)
+                past = out.cache
                 next_ids = self.token_logits(out.last_hidden_state[:, -1]).argmax(dim=-1)
                 if eos is not None:
                     next_ids = torch.where(finished, torch.full_like(next_ids, eos), next_ids)
@@ -147,6 +147,6 @@ class LanguageModelReader(nn.Module):
             with torch.no_grad(), active_adapters(None, 0):
                 past = self.language_model.get_decoder()(
                     inputs_embeds=self.embed_tokens(prompt_ids), use_cache=True
-                ).past_key_values
+                ).cache
             self._prefix_cache[key] = tuple((layer.keys, layer.values) for layer in past.layers)
         return self._prefix_cache[key]
