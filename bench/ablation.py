@@ -403,10 +403,10 @@ def main() -> None:
     total, count, started = len(names) * len(variants) * len(seeds), 0, time.perf_counter()
     done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick, budgets, variants)
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
-    kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier)
-                             for name in names if (earlier := {r["variant"] for r in runs if r["benchmark"] == name}))]
-    timed_apart = {name for name in names  # (a) or (c) kept from an earlier run, the other run now
-                   if len({"a_no_lm", "c_lm_adapters"} & {r["variant"] for r in runs if r["benchmark"] == name}) == 1}
+    earlier = {name: {run["variant"] for run in runs if run["benchmark"] == name} for name in names}  # kept, not rerun
+    kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier[name])
+                             for name in names if earlier[name])]
+    timed_apart = {name for name in names if len({"a_no_lm", "c_lm_adapters"} & earlier[name]) == 1}
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
