@@ -317,7 +317,8 @@ def reading(benchmark: Benchmark, summary: dict, timed_together: bool = True) ->
     """One plain sentence: does the LM help (c vs a), do the adapters (c vs b), does the prompt (c vs d)?
 
     Differences are signed so that positive means (c), AllSpark as it ships, is better. Training times are compared
-    only when (a) and (c) were ``timed_together`` (one ran in an earlier run, perhaps on another machine, otherwise).
+    only when (a) and (c) were ``timed_together``, not one of them kept from an earlier run (perhaps on another
+    machine).
     """
     metric = benchmark.metrics[0]
     if not {"a_no_lm", "c_lm_adapters"} <= set(summary[metric.key]):
