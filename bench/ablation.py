@@ -407,7 +407,7 @@ def main() -> None:
     earlier = {name: {run["variant"] for run in runs if run["benchmark"] == name} for name in names}  # kept, not rerun
     kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier[name])
                              for name in names if earlier[name])]
-    timed_apart = {name for name in names if len({"a_no_lm", "c_lm_adapters"} & earlier[name]) == 1}
+    timed_apart = {name for name in names if len({"a_no_lm", "c_lm_adapters"} & earlier[name]) == 1}  # one kept
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
@@ -424,9 +424,10 @@ def main() -> None:
                 print(f"[{count}/{total}, {time.perf_counter() - started:.0f} s] {name} {label} seed {seed}: {shown}, "
                       f"training {metrics['train_seconds']:.0f} s", flush=True)
         runs += bench_runs
-        done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget)}
+        done[name] = {"summary": summarise(bench_runs, benchmark), "baseline": benchmark.baseline(prepared, budget),
+                      "timed_apart": name in timed_apart}
         write(output, done, runs, written_names, seeds, written_budgets, skipped, args.quick, level,
-              time.perf_counter() - started, kept=kept, timed_apart=timed_apart)
+              time.perf_counter() - started, kept=kept)
 
 
 def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
@@ -441,8 +442,8 @@ def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool, bu
                  variants: dict) -> tuple[dict, list[dict], dict]:
     """What this run keeps of the previous results at ``path``, when those ran the same seeds and setting.
 
-    The benchmarks it does not redo: their summaries and baselines, runs and budgets (so ``--only losloop`` updates
-    Los-loop, keeps the rest). And the runs of the variants it does not redo on a benchmark it reruns at the same
+    The benchmarks it does not redo: their summaries and baselines, whether their (a) and (c) ran apart, runs and
+    budgets (so ``--only losloop`` updates Los-loop, keeps the rest). And the runs of the variants it does not redo on a benchmark it reruns at the same
     budget (so ``--variants b_frozen_lm`` adds (b) beside the (a) and (c) that ran before)."""
     if not path.is_file():
         return {}, [], {}
@@ -452,7 +453,8 @@ def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool, bu
         return {}, [], {}
     others = [name for name in previous.get("summary", {}) if name not in names and name in BENCHMARKS]
     same_budget = [name for name in names if settings["budgets"].get(name) == budgets[name]]
-    done = {name: {"summary": previous["summary"][name], "baseline": previous["baselines"][name]} for name in others}
+    done = {name: {"summary": previous["summary"][name], "baseline": previous["baselines"][name],
+                   "timed_apart": name in settings.get("timed_apart", ())} for name in others}
     runs = [run for run in previous.get("runs", []) if run["benchmark"] in others
             or (run["benchmark"] in same_budget and run["variant"] not in variants)]
     return done, runs, {name: settings["budgets"][name] for name in others}
@@ -503,14 +505,14 @@ def headline_record(benchmark: Benchmark, result: dict, level: str, variant: str
 
 
 def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: list[int], budgets: dict,
-          skipped: list[str], quick: bool, level: str, seconds: float, kept: list[str] = (),
-          timed_apart: set[str] = frozenset()) -> None:
+          skipped: list[str], quick: bool, level: str, seconds: float, kept: list[str] = ()) -> None:
     """Write ``output``.json and .md with every benchmark finished so far (the file says which are missing), then
-    headlines.json. ``timed_apart``: the benchmarks whose (a) and (c) ran in different runs."""
+    headlines.json. Each entry of ``done`` has its ``summary``, ``baseline`` and ``timed_apart`` (its (a) and (c)
+    ran in different runs, so their training times are not compared; the settings keep that for the next run)."""
     done = {name: done[name] for name in BENCHMARKS if name in done}  # one order, however they were run
     pending = [name for name in names if name not in done]
     readings = [line for name, entry in done.items()
-                for line in reading(BENCHMARKS[name], entry["summary"], name not in timed_apart)
+                for line in reading(BENCHMARKS[name], entry["summary"], not entry["timed_apart"])
                 or [figures(BENCHMARKS[name], entry["summary"], entry["baseline"])]]
     headline_budgets = "; ".join(BENCHMARKS[name].headline_budget for name in names)
     notes = [
@@ -547,6 +549,7 @@ def write(output: str, done: dict, runs: list[dict], names: list[str], seeds: li
                      "variants": {key: label for key, (label, _) in VARIANTS.items()},
                      "variant_overrides": {key: overrides for key, (_, overrides) in VARIANTS.items()},
                      "headline_budgets": {name: BENCHMARKS[name].headline_budget for name in names},
+                     "timed_apart": [name for name, entry in done.items() if entry["timed_apart"]],
                      "seconds": round(seconds)},
         "complete": not pending,
         "summary": {name: entry["summary"] for name, entry in done.items()},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.ablation import BENCHMARKS, reading
+import json
+
+from bench.ablation import BENCHMARKS, VARIANTS, kept_results, reading
 
 
 def _summary(a_ade: float, c_ade: float, a_seconds: float, c_seconds: float) -> dict:
@@ -22,3 +24,18 @@ def test_the_reading_compares_no_training_times_of_variants_that_ran_apart():
     [line] = reading(BENCHMARKS["eth"], _summary(0.410, 0.441, 1813.0, 1938.0), timed_together=False)
     assert "hurts" in line and "x as long" not in line
     assert "ran apart, so their training times are not compared" in line
+
+
+def test_a_benchmark_kept_from_the_previous_file_stays_marked_as_timed_apart(tmp_path):
+    """``--only prsa`` after ETH's (c) ran apart from its (a): ETH's reading must still not compare their times."""
+    summary = _summary(0.410, 0.441, 1813.0, 1938.0)
+    previous = {"settings": {"seeds": [0, 1, 2], "quick": False, "budgets": {"eth": {"epochs": 8}},
+                             "timed_apart": ["eth"]},
+                "summary": {"eth": summary}, "baselines": {"eth": {}}, "runs": []}
+    path = tmp_path / "ablation_long.json"
+    path.write_text(json.dumps(previous))
+    done, runs, budgets = kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)
+    assert done["eth"]["timed_apart"] and budgets == {"eth": {"epochs": 8}} and runs == []
+    previous["settings"]["timed_apart"] = []
+    path.write_text(json.dumps(previous))
+    assert not kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)[0]["eth"]["timed_apart"]
