@@ -443,8 +443,9 @@ def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool, bu
     """What this run keeps of the previous results at ``path``, when those ran the same seeds and setting.
 
     The benchmarks it does not redo: their summaries and baselines, whether their (a) and (c) ran apart, runs and
-    budgets (so ``--only losloop`` updates Los-loop, keeps the rest). And the runs of the variants it does not redo on a benchmark it reruns at the same
-    budget (so ``--variants b_frozen_lm`` adds (b) beside the (a) and (c) that ran before)."""
+    budgets (so ``--only losloop`` updates Los-loop, keeps the rest). And the runs of the variants it does not redo
+    on a benchmark it reruns at the same budget (so ``--variants b_frozen_lm`` adds (b) beside the (a) and (c) that
+    ran before)."""
     if not path.is_file():
         return {}, [], {}
     previous = json.loads(path.read_text())

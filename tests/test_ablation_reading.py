@@ -1,4 +1,5 @@
-"""The ablation's plain reading of (c) against (a): the verdict, and a training-time ratio only where both ran together."""
+"""The ablation's plain reading of (c) against (a): the verdict, and a training-time ratio only where both ran
+together."""
 
 from __future__ import annotations
 
@@ -38,4 +39,5 @@ def test_a_benchmark_kept_from_the_previous_file_stays_marked_as_timed_apart(tmp
     assert done["eth"]["timed_apart"] and budgets == {"eth": {"epochs": 8}} and runs == []
     previous["settings"]["timed_apart"] = []
     path.write_text(json.dumps(previous))
-    assert not kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)[0]["eth"]["timed_apart"]
+    done = kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)[0]
+    assert not done["eth"]["timed_apart"]
