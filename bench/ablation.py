@@ -69,6 +69,8 @@ VARIANTS = {
     "d_irrelevant_prompt": ("(d) irrelevant prompt", {"prompt": IRRELEVANT_PROMPT}),
 }
 SEEDS = (0, 1, 2)
+COMPARED = frozenset({"a_no_lm", "c_lm_adapters"})
+"""The variants whose difference answers "does the LM help?", and whose training times are compared."""
 OUTPUTS = {"ablation": "ablation", "headline": "ablation_headline", "long": "ablation_long"}
 """Each budget level's results file (``bench/results/<name>.json``); the quick budget writes the ablation's."""
 BUDGET_WORDS = {"ablation": "smaller than the headline benchmarks'", "headline": "the headline benchmarks'",
@@ -321,7 +323,7 @@ def reading(benchmark: Benchmark, summary: dict, timed_together: bool = True) ->
     machine).
     """
     metric = benchmark.metrics[0]
-    if not {"a_no_lm", "c_lm_adapters"} <= set(summary[metric.key]):
+    if not COMPARED <= set(summary[metric.key]):
         return []
     parts = []
     for other, question in (("a_no_lm", "the LM (c vs a)"), ("b_frozen_lm", "the adapters (c vs b)"),
@@ -402,12 +404,15 @@ def main() -> None:
     budgets = {name: budget_of(BENCHMARKS[name], args.quick, level) for name in names}
     output = OUTPUTS[level]
     total, count, started = len(names) * len(variants) * len(seeds), 0, time.perf_counter()
-    done, runs, kept_budgets = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick, budgets, variants)
+    done, runs, kept_budgets, ran_apart = kept_results(RESULTS / f"{output}.json", names, seeds, args.quick, budgets,
+                                                       variants)
     written_names, written_budgets = [*kept_budgets, *names], {**kept_budgets, **budgets}
     earlier = {name: {run["variant"] for run in runs if run["benchmark"] == name} for name in names}  # kept, not rerun
     kept = [*kept_budgets, *(f"{name}'s " + " and ".join(VARIANTS[key][0] for key in VARIANTS if key in earlier[name])
                              for name in names if earlier[name])]
-    timed_apart = {name for name in names if len({"a_no_lm", "c_lm_adapters"} & earlier[name]) == 1}  # one kept
+    # (a) and (c) ran apart: one of them is kept and the other reruns, or both are kept and had run apart before
+    timed_apart = {name for name in names if len(COMPARED & earlier[name]) == 1
+                   or (COMPARED <= earlier[name] and name in ran_apart)}
     for name in names:
         benchmark, budget = BENCHMARKS[name], budgets[name]
         prepared = benchmark.prepare(budget)
@@ -439,26 +444,27 @@ def budget_of(benchmark: Benchmark, quick: bool, level: str) -> dict:
 
 
 def kept_results(path: Path, names: list[str], seeds: list[int], quick: bool, budgets: dict,
-                 variants: dict) -> tuple[dict, list[dict], dict]:
+                 variants: dict) -> tuple[dict, list[dict], dict, set[str]]:
     """What this run keeps of the previous results at ``path``, when those ran the same seeds and setting.
 
     The benchmarks it does not redo: their summaries and baselines, whether their (a) and (c) ran apart, runs and
     budgets (so ``--only losloop`` updates Los-loop, keeps the rest). And the runs of the variants it does not redo
     on a benchmark it reruns at the same budget (so ``--variants b_frozen_lm`` adds (b) beside the (a) and (c) that
-    ran before)."""
+    ran before). Last, the benchmarks whose (a) and (c) had run apart."""
     if not path.is_file():
-        return {}, [], {}
+        return {}, [], {}, set()
     previous = json.loads(path.read_text())
     settings = previous.get("settings", {})
     if settings.get("seeds") != seeds or settings.get("quick") != quick:
-        return {}, [], {}
+        return {}, [], {}, set()
     others = [name for name in previous.get("summary", {}) if name not in names and name in BENCHMARKS]
     same_budget = [name for name in names if settings["budgets"].get(name) == budgets[name]]
+    ran_apart = set(settings.get("timed_apart", ()))
     done = {name: {"summary": previous["summary"][name], "baseline": previous["baselines"][name],
-                   "timed_apart": name in settings.get("timed_apart", ())} for name in others}
+                   "timed_apart": name in ran_apart} for name in others}
     runs = [run for run in previous.get("runs", []) if run["benchmark"] in others
             or (run["benchmark"] in same_budget and run["variant"] not in variants)]
-    return done, runs, {name: settings["budgets"][name] for name in others}
+    return done, runs, {name: settings["budgets"][name] for name in others}, ran_apart
 
 
 def headlines() -> list[dict]:

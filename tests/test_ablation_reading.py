@@ -35,8 +35,8 @@ def test_a_benchmark_kept_from_the_previous_file_stays_marked_as_timed_apart(tmp
                 "summary": {"eth": summary}, "baselines": {"eth": {}}, "runs": []}
     path = tmp_path / "ablation_long.json"
     path.write_text(json.dumps(previous))
-    done, runs, budgets = kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)
-    assert done["eth"]["timed_apart"] and budgets == {"eth": {"epochs": 8}} and runs == []
+    done, runs, budgets, ran_apart = kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)
+    assert done["eth"]["timed_apart"] and budgets == {"eth": {"epochs": 8}} and runs == [] and ran_apart == {"eth"}
     previous["settings"]["timed_apart"] = []
     path.write_text(json.dumps(previous))
     done = kept_results(path, ["prsa"], [0, 1, 2], False, {"prsa": {"epochs": 10}}, VARIANTS)[0]
